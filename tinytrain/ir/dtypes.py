@@ -1,0 +1,35 @@
+"""Element types of IR tensors."""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+
+class DType(enum.Enum):
+    """Element type of a tensor. The value is the numpy dtype name."""
+
+    INT8 = "int8"
+    UINT8 = "uint8"
+    INT16 = "int16"
+    INT32 = "int32"
+    INT64 = "int64"
+    FLOAT32 = "float32"
+    BOOL = "bool"
+
+    @property
+    def np(self) -> np.dtype:
+        return np.dtype(self.value)
+
+    @property
+    def itemsize(self) -> int:
+        return int(np.dtype(self.value).itemsize)
+
+    @property
+    def is_float(self) -> bool:
+        return self is DType.FLOAT32
+
+    @classmethod
+    def from_numpy(cls, dtype: np.dtype | type) -> DType:
+        return cls(np.dtype(dtype).name)

@@ -1,0 +1,1 @@
+"""Oracles and helpers for tests and benchmarks (never used by the simulator or CLI)."""
