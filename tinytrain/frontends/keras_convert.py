@@ -23,14 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from tinytrain.errors import ModelFormatError, TinytrainError, UsageError
+from tinytrain.errors import ModelFormatError, NotQuantizedError, TinytrainError, UsageError
 
 CalibrationSource = np.ndarray | Iterable[Any] | str | os.PathLike[str]
 
 _KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
-def convert_keras(model_or_path: Any, calibration: CalibrationSource, *, int8_io: bool = True) -> bytes:
+def convert_keras(
+    model_or_path: Any, calibration: CalibrationSource, *, int8_io: bool = True, allow_float_ops: bool = False
+) -> bytes:
     """Converts a Keras model (object or ``.keras``/``.h5`` path) to full-int8 ``.tflite`` bytes.
 
     ``calibration`` holds the representative samples: an array whose axis 0 runs over
@@ -38,7 +40,8 @@ def convert_keras(model_or_path: Any, calibration: CalibrationSource, *, int8_io
     batch axis of 1), an iterable of such samples (for a model with several inputs, each
     sample a sequence with one array per input), or the path of a ``.npy``/``.npz`` file.
     ``int8_io=False`` keeps float32 model inputs and outputs (QUANTIZE/DEQUANTIZE at the
-    boundary).
+    boundary). The converter leaves ops it cannot quantize in float32 (wrapped in
+    DEQUANTIZE/QUANTIZE); that raises :class:`NotQuantizedError` unless ``allow_float_ops``.
     """
     with _quiet():
         model = _keras_model(model_or_path)
@@ -50,7 +53,7 @@ def convert_keras(model_or_path: Any, calibration: CalibrationSource, *, int8_io
             converter = tf.lite.TFLiteConverter.from_keras_model(model)
         except Exception as exc:  # Keras/TF raise many types here
             raise ModelFormatError(f"cannot convert the Keras model: {_first_line(exc)}") from None
-        return _run_converter(converter, samples, int8_io)
+        return _run_converter(converter, samples, int8_io, allow_float_ops=allow_float_ops)
 
 
 def convert_tf_function(
@@ -60,6 +63,7 @@ def convert_tf_function(
     *,
     int8_io: bool = True,
     input_types: tuple[bool, bool] | None = None,
+    allow_float_ops: bool = False,
 ) -> bytes:
     """Converts a Python function of TF ops (one float32 argument per input shape).
 
@@ -78,7 +82,7 @@ def convert_tf_function(
             converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], function)
         except Exception as exc:
             raise ModelFormatError(f"cannot trace the function: {_first_line(exc)}") from None
-        return _run_converter(converter, samples, int8_io, input_types)
+        return _run_converter(converter, samples, int8_io, input_types, allow_float_ops=allow_float_ops)
 
 
 def load_calibration(path: str | os.PathLike[str]) -> np.ndarray:
@@ -123,23 +127,25 @@ def model_op_names(model: bytes) -> tuple[str, ...]:
 
 def float_op_names(model: bytes) -> tuple[str, ...]:
     """Ops of the main subgraph that read or write a float32 tensor, except the QUANTIZE
-    ops that read a float model input and the DEQUANTIZE ops that write a float output:
-    what keeps a model from being full int8."""
+    ops that read a float model input and the DEQUANTIZE ops that write a float model
+    output: what keeps a model from being full int8."""
     m = _parse(model)
     names = [_opcode_name(m.OperatorCodes(i)) for i in range(m.OperatorCodesLength())]
     sg = m.Subgraphs(0)
     float32 = 0
+    graph_inputs = {sg.Inputs(k) for k in range(sg.InputsLength())}
+    graph_outputs = {sg.Outputs(k) for k in range(sg.OutputsLength())}
     found: list[str] = []
     for i in range(sg.OperatorsLength()):
         op = sg.Operators(i)
         name = names[op.OpcodeIndex()]
         ins = [op.Inputs(k) for k in range(op.InputsLength()) if op.Inputs(k) >= 0]
         outs = [op.Outputs(k) for k in range(op.OutputsLength())]
-        float_ins = any(sg.Tensors(t).Type() == float32 for t in ins)
-        float_outs = any(sg.Tensors(t).Type() == float32 for t in outs)
-        if name == "QUANTIZE" and not float_outs:
+        float_ins = {t for t in ins if sg.Tensors(t).Type() == float32}
+        float_outs = {t for t in outs if sg.Tensors(t).Type() == float32}
+        if name == "QUANTIZE" and not float_outs and float_ins <= graph_inputs:
             continue
-        if name == "DEQUANTIZE" and not float_ins:
+        if name == "DEQUANTIZE" and not float_ins and float_outs <= graph_outputs:
             continue
         if float_ins or float_outs:
             found.append(name)
@@ -305,7 +311,12 @@ def _fit_sample(x: np.ndarray, shape: tuple[int | None, ...], k: int, i: int) ->
 
 
 def _run_converter(
-    converter: Any, samples: list[list[np.ndarray]], int8_io: bool, input_types: tuple[bool, bool] | None = None
+    converter: Any,
+    samples: list[list[np.ndarray]],
+    int8_io: bool,
+    input_types: tuple[bool, bool] | None = None,
+    *,
+    allow_float_ops: bool,
 ) -> bytes:
     import tensorflow as tf
 
@@ -322,4 +333,9 @@ def _run_converter(
         result = converter.convert()
     except Exception as exc:  # ConverterError, ValueError, RuntimeError...
         raise ModelFormatError(f"TFLite conversion to full int8 failed: {_first_line(exc)}") from None
-    return bytes(result)
+    model = bytes(result)
+    left = float_op_names(model)
+    if left and not allow_float_ops:
+        counts = ", ".join(f"{n} x{left.count(n)}" for n in dict.fromkeys(left))
+        raise NotQuantizedError(f"the converter left float32 ops that have no int8 version: {counts}")
+    return model

@@ -17,15 +17,10 @@ def run_tflm(model: bytes, inputs: Sequence[np.ndarray], arena_size: int | None 
 
     interp = runtime.Interpreter.from_bytes(bytes(model), arena_size=arena_size or max(len(model) * 10, 4 << 20))
     n = inputs[0].shape[0]
-    outs: list[list[np.ndarray]] = []
-    k = 0
-    while True:
-        try:
-            interp.get_output_details(k)
-        except Exception:
-            break
-        outs.append([])
-        k += 1
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    k = schema.Model.GetRootAs(bytes(model), 0).Subgraphs(0).OutputsLength()
+    outs: list[list[np.ndarray]] = [[] for _ in range(k)]
     for s in range(n):
         for i, x in enumerate(inputs):
             interp.set_input(np.ascontiguousarray(x[s : s + 1]), i)
