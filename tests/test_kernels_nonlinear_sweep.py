@@ -283,6 +283,24 @@ def test_unsupported_configurations(kind: OpKind, din: DType, dout: DType, qout:
         _prepare(graph)
 
 
+@pytest.mark.parametrize(
+    ("kind", "qin", "qout"),
+    [
+        (OpKind.RSQRT, (1.0, 0), (1e6, 0)),  # right shift beyond 31 bits
+        (OpKind.RSQRT, (1e-12, 0), (1e-12, 0)),  # left shift beyond 31 bits
+        (OpKind.QUANTIZE, (1.0, 0), (3e-10, 0)),
+        (OpKind.HARD_SWISH, (3e7, 0), (1e6, 0)),
+        (OpKind.LOGISTIC, (2e-9, 0), (1 / 256, -128)),
+        (OpKind.TANH, (1e30, 0), (1 / 128, 0)),
+        (OpKind.LOG_SOFTMAX, (1e-9, 0), (16 / 256, 127)),
+    ],
+)
+def test_scales_with_undefined_tflm_behaviour_are_rejected(kind: OpKind, qin: QParams, qout: QParams) -> None:
+    graph = _unary(kind, (1, 8), DType.INT8, DType.INT8, qin, qout)
+    with pytest.raises(UnsupportedOpError, match=rf"op #0 {kind.value}"):
+        _prepare(graph)
+
+
 def test_softmax_too_small_input_scale_is_rejected() -> None:
     graph = _unary(OpKind.SOFTMAX, (1, 8), DType.INT8, DType.INT8, (1e-9, 0), (1 / 256, -128), SoftmaxAttrs(1.0))
     with pytest.raises(UnsupportedOpError, match="too small"):

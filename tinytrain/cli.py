@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("keras_model", help=".keras or .h5 file")
     s.add_argument("--calibration", required=True, help=".npy/.npz of calibration inputs (float32, N x input shape)")
     s.add_argument("-o", "--output", required=True)
-    s.add_argument("--float-io", action="store_true", help="keep float32 input/output (QUANTIZE/DEQUANTIZE at the edges)")
+    s.add_argument(
+        "--float-io", action="store_true", help="keep float32 input/output (QUANTIZE/DEQUANTIZE at the edges)"
+    )
     s.set_defaults(func=_cmd_convert)
 
     s = sub.add_parser("export", help="write a model (e.g. an MCUNet checkpoint) as .tflite")

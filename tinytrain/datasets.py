@@ -47,7 +47,7 @@ def fashion_mnist(split: str = "test", directory: Path = FASHION_MNIST_DIR) -> t
 def to_model_input(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     """uint8 [N,28,28] → int8 [N,size,size,channels] in the usual [-1,1] ↦ [-128,127] mapping
     (nearest-neighbour resize, grey replicated over the channels)."""
-    n, h, w = images.shape
+    _, h, w = images.shape
     rows = (np.arange(size) * h) // size
     cols = (np.arange(size) * w) // size
     resized = images[:, rows][:, :, cols]

@@ -63,6 +63,7 @@ from tinytrain.ir.ops import (
     ReshapeAttrs,
 )
 from tinytrain.ir.tensor import Quantization, Tensor, TensorKind
+from tinytrain.ir.verify import verify
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -87,7 +88,9 @@ def export_mcunet_tflite(path_in: str | Path, path_out: str | Path) -> bytes:
 def checkpoint_to_graph(ckpt: McunetCheckpoint, name: str = "mcunet") -> Graph:
     """Builds the IR graph of a validated checkpoint."""
     try:
-        return _GraphBuilder(ckpt).build(name)
+        graph = _GraphBuilder(ckpt).build(name)
+        verify(graph)
+        return graph
     except GraphError as exc:  # an inconsistency the IR itself detects
         raise ModelFormatError(f"inconsistent checkpoint: {exc}") from None
 

@@ -108,7 +108,9 @@ class _Reader:
         if len(subgraphs) == 0:
             raise ModelFormatError("the model has no subgraph")
         if len(subgraphs) > 1:
-            raise UnsupportedOpError("SUBGRAPHS", -1, (), f"{len(subgraphs)} subgraphs (control flow) are not supported")
+            raise UnsupportedOpError(
+                "SUBGRAPHS", -1, (), f"{len(subgraphs)} subgraphs (control flow) are not supported"
+            )
         sg = subgraphs[0]
         raw_tensors = sg.tensors or []
         names = self._unique_names(raw_tensors)
@@ -152,7 +154,9 @@ class _Reader:
         if buf.offset and buf.offset > 1:
             end = buf.offset + buf.size
             if end > len(self.data):
-                raise ModelFormatError(f"buffer {index} lies outside the file (ends at {end}, file has {len(self.data)})")
+                raise ModelFormatError(
+                    f"buffer {index} lies outside the file (ends at {end}, file has {len(self.data)})"
+                )
             return self.data[buf.offset : end]
         if buf.data is None or len(buf.data) == 0:
             return None
@@ -243,7 +247,9 @@ class _Reader:
         if kind is None:
             raise UnsupportedOpError(builtin_name(code), index, all_names)
         parse = _ATTR_PARSERS.get(kind)
-        attrs: irops.OpAttrs = irops.NoAttrs() if parse is None else parse(o.builtinOptions, kind.value, index, all_names)
+        attrs: irops.OpAttrs = (
+            irops.NoAttrs() if parse is None else parse(o.builtinOptions, kind.value, index, all_names)
+        )
         return Op(kind=kind, inputs=inputs, outputs=outputs, attrs=attrs, index=index)
 
     @staticmethod

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+from typing import Any
 
-import numpy as np
+import numpy
 
 
 class DType(enum.Enum):
@@ -19,17 +20,17 @@ class DType(enum.Enum):
     BOOL = "bool"
 
     @property
-    def np(self) -> np.dtype:
-        return np.dtype(self.value)
+    def np(self) -> numpy.dtype[Any]:
+        return numpy.dtype(self.value)
 
     @property
     def itemsize(self) -> int:
-        return int(np.dtype(self.value).itemsize)
+        return int(numpy.dtype(self.value).itemsize)
 
     @property
     def is_float(self) -> bool:
         return self is DType.FLOAT32
 
     @classmethod
-    def from_numpy(cls, dtype: np.dtype | type) -> DType:
-        return cls(np.dtype(dtype).name)
+    def from_numpy(cls, dtype: numpy.dtype[Any] | type) -> DType:
+        return cls(numpy.dtype(dtype).name)

@@ -39,12 +39,12 @@ def verify(graph: Graph) -> None:
     for op in graph.ops:
         if not op.outputs:
             raise GraphError(f"{op.describe()} has no output")
-        for name in op.inputs:
-            if name is None:
+        for maybe in op.inputs:
+            if maybe is None:
                 continue
-            graph.tensor(name)
-            if name not in defined:
-                raise GraphError(f"{op.describe()} reads {name!r} before any op writes it")
+            graph.tensor(maybe)
+            if maybe not in defined:
+                raise GraphError(f"{op.describe()} reads {maybe!r} before any op writes it")
         for name in op.outputs:
             t = graph.tensor(name)
             if name in written or t.data is not None or t.kind is TensorKind.INPUT:

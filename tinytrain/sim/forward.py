@@ -103,7 +103,7 @@ class Simulator:
             if progress is not None:
                 progress(min(step, n - start))
         if n == 0:
-            return [np.zeros((0, *self.graph.tensor(o).shape[1:]), self.graph.tensor(o).dtype.np) for o in self.graph.outputs]
+            return [np.zeros((0, *t.shape[1:]), t.dtype.np) for t in map(self.graph.tensor, self.graph.outputs)]
         return [np.concatenate(p, axis=0) for p in parts]
 
     def _run_once(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:

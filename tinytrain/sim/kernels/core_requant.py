@@ -32,6 +32,7 @@ import numpy as np
 from tinytrain.sim.fixedpoint import wrap_int32
 
 _I64_SAFE = 2**63 - 1
+_CHUNK = 1 << 15  # values per pass, so that the int64 scratch stays in cache
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,12 +40,15 @@ class Requantizer:
     """Maps int accumulators (channels on the last axis) to clamped integers.
 
     ``apply(acc)`` returns ``clamp(MBQM(acc + bias, q, shift) + zp, lo, hi)`` as ``out_dtype``.
+    The numerator is built as ``y = acc·q + add1`` (SRDHM nudge, folded bias), then
+    ``y += (y >> 63) & neg_mask`` (the ``-2^31`` for a negative SRDHM result, on channels
+    with a right shift), ``y += add2`` (RDBP half, folded zero point) and ``y >>= rshift``.
     """
 
     q: np.ndarray | int
-    add: np.ndarray | int
-    thr: np.ndarray | int
-    sub: np.ndarray | int
+    add1: np.ndarray | int
+    neg_mask: np.ndarray | int
+    add2: np.ndarray | int
     rshift: np.ndarray | int
     has_neg: bool
     zp_after: int
@@ -59,31 +63,42 @@ class Requantizer:
     has_left: bool
 
     def apply(self, acc: np.ndarray) -> np.ndarray:
-        """``acc``: integer array (any int dtype, or an exactly integral float array).
-
-        An int64 ``acc`` is overwritten (callers pass a scratch array).
-        """
-        if acc.dtype != np.int64:
-            acc = acc.astype(np.int64)
-        if self.general:
-            if self.bias is not None:
-                acc += self.bias
-            if self.wrap_acc:
-                acc = wrap_int32(acc)
-            if self.has_left:
-                acc = wrap_int32(acc * self.left_mul)
-        ab = np.multiply(acc, self.q, out=acc)
-        if self.has_neg:
-            neg = ab < self.thr
-            ab += self.add
-            np.subtract(ab, self.sub, out=ab, where=neg)
-        else:
-            ab += self.add
-        ab >>= self.rshift
-        if self.zp_after:
-            ab += self.zp_after
-        np.clip(ab, self.lo, self.hi, out=ab)
-        return ab.astype(self.out_dtype)
+        """``acc``: integer array (any int dtype, or an exactly integral float array)."""
+        shape = acc.shape
+        channels = shape[-1] if acc.ndim else 1
+        flat = acc.reshape(-1, channels)
+        out = np.empty(flat.shape, dtype=self.out_dtype)
+        rows = max(1, _CHUNK // max(channels, 1))
+        buf = np.empty((min(rows, flat.shape[0]), channels), dtype=np.int64)
+        tmp = np.empty_like(buf) if self.has_neg else buf
+        for r0 in range(0, flat.shape[0], rows):
+            part = flat[r0 : r0 + rows]
+            n = part.shape[0]
+            y = buf[:n]
+            if self.general:
+                np.copyto(y, part, casting="unsafe")
+                if self.bias is not None:
+                    y += self.bias
+                if self.wrap_acc:
+                    y[...] = wrap_int32(y)
+                if self.has_left:
+                    y *= self.left_mul
+                    y[...] = wrap_int32(y)
+                y *= self.q
+            else:
+                np.multiply(part, self.q, out=y, dtype=np.int64, casting="unsafe")
+            y += self.add1
+            if self.has_neg:
+                s = tmp[:n]
+                np.right_shift(y, 63, out=s)
+                s &= self.neg_mask
+                y += s
+            y += self.add2
+            y >>= self.rshift
+            if self.zp_after:
+                y += self.zp_after
+            np.clip(y, self.lo, self.hi, out=out[r0 : r0 + n], casting="unsafe")
+        return out.reshape(shape)
 
 
 def _compact(values: Sequence[int]) -> np.ndarray | int:
@@ -129,7 +144,6 @@ def make_requantizer(
         x_bound = 2**31
         biases = [0] * n
     base = [(1 << 30) + ((1 << (30 + r)) if r > 0 else 0) + b * q for r, b, q in zip(rights, biases, qs, strict=True)]
-    thr = [-(1 << 30) - b * q for b, q in zip(biases, qs, strict=True)]
     folded = [a + (zero_point << (31 + r)) for a, r in zip(base, rights, strict=True)]
     bound = x_bound * qmax + (1 << 31)
     fold_zp = bound + max(abs(a) for a in folded) < _I64_SAFE
@@ -137,9 +151,11 @@ def make_requantizer(
         raise ValueError("requantization constants overflow int64")
     return Requantizer(
         q=_compact(qs),
-        add=_compact(folded if fold_zp else base),
-        thr=_compact(thr),
-        sub=_compact([(1 << 31) if r > 0 else 0 for r in rights]),
+        add1=_compact([(1 << 30) + b * q for b, q in zip(biases, qs, strict=True)]),
+        neg_mask=_compact([-(1 << 31) if r > 0 else 0 for r in rights]),
+        add2=_compact(
+            [((1 << (30 + r)) if r > 0 else 0) + ((zero_point << (31 + r)) if fold_zp else 0) for r in rights]
+        ),
         rshift=_compact([31 + r for r in rights]),
         has_neg=any(r > 0 for r in rights),
         zp_after=0 if fold_zp else zero_point,

@@ -151,6 +151,8 @@ def prepare_hard_swish(op: Op, inputs: Inputs, outputs: Outputs) -> LutParams | 
         raise unsupported(op, "TFLite Micro requires output_multiplier_exponent <= 0 (output scale too small)")
     rel_q, rel_exp = quantize_multiplier(float(hires_input_scale / reluish_scale))
     rel_q16 = _downscale_to_int16(rel_q)
+    if rel_exp > 31:  # SaturatingLeftShift would compute 1 << (exponent - 1) in an int (undefined in C)
+        raise unsupported(op, f"input scale {in_scale!r} is too large")
 
     def fn(v: np.ndarray) -> np.ndarray:
         centred = fp.wrap_int16(v - in_zp)

@@ -159,11 +159,6 @@ def count_leading_zeros_u32(x: np.ndarray | int) -> np.ndarray:
     return np.where(u == 0, np.int64(32), 32 - exp.astype(np.int64))
 
 
-def one_fixed(integer_bits: int) -> int:
-    """``FixedPoint<int32, IB>::One()`` raw value."""
-    return INT32_MAX if integer_bits == 0 else 1 << (31 - integer_bits)
-
-
 # --------------------------------------------------------------------------- exp / logistic / tanh
 
 _EXP_CONSTANT_TERM = 1895147668  # exp(-1/8) in Q0.31

@@ -19,7 +19,7 @@ from tinytrain.ir.dtypes import DType
 from tinytrain.ir.ops import NoAttrs, Op
 from tinytrain.sim.fixedpoint import INT32_MIN, multiply_by_quantized_multiplier, quantize_multiplier, wrap_int32
 from tinytrain.sim.kernel_spec import Inputs, Outputs
-from tinytrain.sim.kernels.nl_common import graph_error, qparams, require_dtypes, unary_tensors
+from tinytrain.sim.kernels.nl_common import graph_error, qparams, require_dtypes, unary_tensors, unsupported
 
 _REQUANTIZE_PAIRS = (
     (DType.INT16, DType.INT8),
@@ -76,6 +76,8 @@ def prepare_quantize(op: Op, inputs: Inputs, outputs: Outputs) -> AffineQuantize
         return AffineQuantizeParams(float(np.float32(out_scale)), out_zp, y.dtype.value)
     in_scale, in_zp = qparams(op, x)
     multiplier, shift = quantize_multiplier(in_scale / out_scale)
+    if shift > 31:  # MultiplyByQuantizedMultiplier would compute 1 << shift in an int (undefined in C)
+        raise unsupported(op, f"input scale {in_scale!r} is too large for output scale {out_scale!r}")
     return RequantizeParams(multiplier, shift, in_zp, out_zp, y.dtype.value)
 
 

@@ -29,6 +29,7 @@ from tinytrain.sim.kernels.nl_common import (
     qparams,
     require_dtypes,
     unary_tensors,
+    unsupported,
 )
 
 _KSHIFT = 20
@@ -52,6 +53,9 @@ def prepare_rsqrt(op: Op, inputs: Inputs, outputs: Outputs) -> RsqrtParams:
     out_scale, out_zp = qparams(op, y)
     product = np.float32(np.sqrt(np.float32(in_scale))) * np.float32(out_scale)
     multiplier, shift = quantize_multiplier(1.0 / float(product))
+    if not -31 <= shift - _KSHIFT <= 31:
+        # MultiplyByQuantizedMultiplier would shift an int32 by 32 or more (undefined in C)
+        raise unsupported(op, f"input/output scales {in_scale!r}, {out_scale!r} are too far apart")
 
     def fn(v: np.ndarray) -> np.ndarray:
         value = v - in_zp

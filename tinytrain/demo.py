@@ -1,0 +1,100 @@
+"""``make demo``: inspect the shipped models, run them on Fashion-MNIST images in the
+simulator through the CLI, and check every output byte against TFLite Micro.
+
+    python -m tinytrain.demo --out build/demo [--images 64] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from tinytrain.cli import main as cli
+from tinytrain.datasets import fashion_mnist, to_model_input
+from tinytrain.frontends.load import load_model
+from tinytrain.models.ship import CHECKPOINT, MBV2, shipped
+
+
+@dataclass(frozen=True)
+class DemoRow:
+    model: str
+    images: int
+    output: str
+    simulator_ms_per_image: float
+    tflm_ms_per_image: float
+    bit_exact_samples: int
+
+
+def _run_one(model_path: Path, out: Path, images: np.ndarray, console: Console) -> DemoRow:
+    from tinytrain.frontends.tflite_writer import write_tflite
+    from tinytrain.testing.tflm import run_tflm
+
+    console.rule(f"[bold]tinytrain inspect {model_path.name}")
+    cli(["inspect", str(model_path)])
+    graph = load_model(model_path)
+    x_t = graph.tensor(graph.inputs[0])
+    _, h, _, c = x_t.shape
+    x = to_model_input(images, h, c)
+    x_path, y_path = out / f"{model_path.stem}.x.npy", out / f"{model_path.stem}.y.npy"
+    np.save(x_path, x)
+    console.rule(f"[bold]tinytrain infer {model_path.name} --input {x_path.name} --output {y_path.name}")
+    t0 = time.perf_counter()
+    status = cli(["infer", str(model_path), "--input", str(x_path), "--output", str(y_path)])
+    t_sim = time.perf_counter() - t0
+    if status != 0:
+        raise SystemExit(status)
+    y = np.load(y_path)
+    # TFLite Micro is the oracle: it runs the .tflite file (for a checkpoint, its export).
+    flatbuffer = model_path.read_bytes() if model_path.suffix == ".tflite" else write_tflite(graph)
+    t0 = time.perf_counter()
+    ref = run_tflm(flatbuffer, [x])[0]
+    t_tflm = time.perf_counter() - t0
+    same = int(sum(np.array_equal(a, b) for a, b in zip(y, ref, strict=True)))
+    return DemoRow(
+        model=model_path.name,
+        images=len(x),
+        output=f"{y.dtype}{list(y.shape[1:])}",
+        simulator_ms_per_image=round(1e3 * t_sim / len(x), 2),
+        tflm_ms_per_image=round(1e3 * t_tflm / len(x), 2),
+        bit_exact_samples=same,
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="tinytrain demo")
+    ap.add_argument("--out", type=Path, default=Path("build/demo"))
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    console = Console()
+    images, labels = fashion_mnist("test")
+    images = images[: args.images]
+    rows = [_run_one(shipped(name), args.out, images, console) for name in (MBV2, CHECKPOINT)]
+    summary = Table(title="simulator vs TFLite Micro on Fashion-MNIST test images")
+    for col in ("model", "images", "output", "sim ms/img (CLI, incl. load)", "TFLM ms/img", "bit-exact"):
+        summary.add_column(col)
+    for r in rows:
+        summary.add_row(
+            r.model, str(r.images), r.output, f"{r.simulator_ms_per_image}", f"{r.tflm_ms_per_image}",
+            f"{r.bit_exact_samples}/{r.images}",
+        )
+    console.print(summary)
+    payload = [r.__dict__ for r in rows]
+    (args.out / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    ok = all(r.bit_exact_samples == r.images for r in rows)
+    console.print("[green]all outputs bit-exact with TFLite Micro[/]" if ok else "[red]MISMATCH with TFLite Micro[/]")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
