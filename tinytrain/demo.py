@@ -75,7 +75,7 @@ def main() -> int:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     console = Console()
-    images, labels = fashion_mnist("test")
+    images, _ = fashion_mnist("test")
     images = images[: args.images]
     rows = [_run_one(shipped(name), args.out, images, console) for name in (MBV2, CHECKPOINT)]
     summary = Table(title="simulator vs TFLite Micro on Fashion-MNIST test images")

@@ -22,8 +22,7 @@ def keras_tiny_detector(
     import keras
 
     L = keras.layers
-    # Batch 1 keeps the RESHAPEs static (no SHAPE/PACK ops for a dynamic batch).
-    inputs = keras.Input((resolution, resolution, 3), batch_size=1, name="image")
+    inputs = keras.Input((resolution, resolution, 3), name="image")
     x = _conv_bn(L, inputs, 8, 3, 2, "c1")
     x = _conv_bn(L, x, 16, 3, 2, "c2")
     c3 = _conv_bn(L, x, 24, 3, 2, "c3")  # stride 8

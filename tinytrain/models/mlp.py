@@ -13,8 +13,12 @@ _CALIBRATION_SAMPLES = 128
 
 
 def keras_mlp(
-    features: int = 64, hidden: tuple[int, ...] = (96, 48), classes: int = 10, seed: int = 0,
-    *, data: np.ndarray | None = None,
+    features: int = 64,
+    hidden: tuple[int, ...] = (96, 48),
+    classes: int = 10,
+    seed: int = 0,
+    *,
+    data: np.ndarray | None = None,
 ) -> Any:
     """Dense layers with ReLU (the last hidden one with tanh), seeded weights, every
     Dense standardized on ``data`` (default :func:`mlp_calibration`), softmax output."""

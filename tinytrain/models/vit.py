@@ -9,9 +9,9 @@ LayerNorm is written out as ``(x - mean) * rsqrt(var + eps) * gamma + beta``
 (MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD): Keras' own LayerNormalization
 computes ``-mean * inv``, and the converter has no int8 NEG, so it would leave float ops.
 
-The model is built for batch 1 (what the converter emits anyway): the class token is
-then a constant the converter can concatenate without SHAPE/BROADCAST_TO ops, so the
-whole graph quantizes to int8. Called eagerly, the model still accepts any batch size.
+The class token is broadcast to the batch size; :func:`convert_keras` traces the model
+at batch 1, so the token becomes a constant that the converter concatenates without
+SHAPE/BROADCAST_TO ops, and the whole graph quantizes to int8.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def keras_tiny_vit(config: TinyViTConfig | None = None, *, data: np.ndarray | No
 
     cfg = config or TinyViTConfig()
     layers = keras.layers
-    inputs = keras.Input((cfg.image_size, cfg.image_size, cfg.channels), batch_size=1, name="image")
+    inputs = keras.Input((cfg.image_size, cfg.image_size, cfg.channels), name="image")
     grid = cfg.image_size // cfg.patch
     x = layers.Conv2D(cfg.dim, cfg.patch, strides=cfg.patch, padding="valid", name="patch_embed")(inputs)
     x = layers.Reshape((grid * grid, cfg.dim), name="patch_tokens")(x)

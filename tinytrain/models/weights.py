@@ -80,7 +80,7 @@ def reestimate_batchnorm(model: Any, data: np.ndarray) -> int:
             layer.momentum = 0.0
         model(data, training=True)
     finally:
-        for layer, momentum in zip(layers, saved):
+        for layer, momentum in zip(layers, saved, strict=True):
             layer.momentum = momentum
     return len(layers)
 

@@ -13,7 +13,7 @@ Weights and calibration samples are seeded: a build is deterministic.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from tinytrain.errors import ModelFormatError
+from tinytrain.frontends.keras_convert import tensorflow_version
 
 # Bump when a recipe changes, so cached models are rebuilt.
 RECIPE_VERSION = 1
@@ -70,16 +71,16 @@ def check_ops(name: str, model: bytes, expected_op: str, carrier_ops: Sequence[s
     return ops
 
 
-def calibration_for(recipe_shapes: Sequence[Sequence[int]], ranges: Sequence[tuple[float, float]], seed: int) -> list[
-    tuple[np.ndarray, ...]
-]:
+def calibration_for(
+    recipe_shapes: Sequence[Sequence[int]], ranges: Sequence[tuple[float, float]], seed: int
+) -> list[tuple[np.ndarray, ...]]:
     """Seeded uniform samples per input; the first two samples hit the range ends, so
     the calibrated range is exactly the requested one."""
     rng = np.random.default_rng(seed)
     samples: list[tuple[np.ndarray, ...]] = []
     for k in range(_CALIBRATION_SAMPLES):
         parts = []
-        for shape, (lo, hi) in zip(recipe_shapes, ranges):
+        for shape, (lo, hi) in zip(recipe_shapes, ranges, strict=True):
             x = rng.uniform(lo, hi, size=tuple(shape)).astype(np.float32)
             if k < 2:
                 x.flat[0] = lo if k == 0 else hi
@@ -105,7 +106,8 @@ def _build(name: str, expected_op: str, carrier_ops: tuple[str, ...], recipe: _R
 
 
 def _spec(name: str, expected_op: str, recipe: _Recipe, carrier_ops: tuple[str, ...] = ()) -> OpModelSpec:
-    return OpModelSpec(name, expected_op, functools.partial(_build, name, expected_op, carrier_ops, recipe), carrier_ops)
+    build = functools.partial(_build, name, expected_op, carrier_ops, recipe)
+    return OpModelSpec(name, expected_op, build, carrier_ops)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -183,61 +185,110 @@ def _op_specs() -> tuple[OpModelSpec, ...]:
     return (
         # convolutions (per-channel weights, fused activations)
         s("conv2d_same", "CONV_2D", R(_conv2d(1, "SAME", 1, "", 3, 8, 1), ((1, 9, 9, 3),), ((-1.0, 1.0),))),
-        s("conv2d_valid_s2_relu", "CONV_2D",
-          R(_conv2d(2, "VALID", 1, "relu", 3, 6, 2), ((1, 12, 10, 4),), ((-0.5, 2.5),))),
-        s("conv2d_dilated_relu6", "CONV_2D",
-          R(_conv2d(1, "SAME", 2, "relu6", 3, 5, 3), ((1, 8, 8, 2),), ((-3.0, 1.0),))),
+        s(
+            "conv2d_valid_s2_relu",
+            "CONV_2D",
+            R(_conv2d(2, "VALID", 1, "relu", 3, 6, 2), ((1, 12, 10, 4),), ((-0.5, 2.5),)),
+        ),
+        s(
+            "conv2d_dilated_relu6",
+            "CONV_2D",
+            R(_conv2d(1, "SAME", 2, "relu6", 3, 5, 3), ((1, 8, 8, 2),), ((-3.0, 1.0),)),
+        ),
         s("conv2d_1x1", "CONV_2D", R(_conv2d(1, "VALID", 1, "", 1, 16, 4), ((1, 5, 5, 12),), ((0.0, 6.0),))),
-        s("depthwise_m1", "DEPTHWISE_CONV_2D",
-          R(_depthwise(1, "SAME", 1, "", 3, 5), ((1, 10, 10, 8),), ((-1.0, 1.0),))),
-        s("depthwise_m1_s2_relu6", "DEPTHWISE_CONV_2D",
-          R(_depthwise(2, "SAME", 1, "relu6", 3, 6), ((1, 11, 11, 6),), ((-2.0, 4.0),))),
-        s("depthwise_m2", "DEPTHWISE_CONV_2D",
-          R(_depthwise(1, "VALID", 2, "", 3, 7), ((1, 9, 9, 4),), ((-0.25, 0.75),))),
-        s("depthwise_m2_s2_relu", "DEPTHWISE_CONV_2D",
-          R(_depthwise(2, "VALID", 2, "relu", 5, 8), ((1, 13, 13, 3),), ((-1.5, 1.5),))),
+        s(
+            "depthwise_m1",
+            "DEPTHWISE_CONV_2D",
+            R(_depthwise(1, "SAME", 1, "", 3, 5), ((1, 10, 10, 8),), ((-1.0, 1.0),)),
+        ),
+        s(
+            "depthwise_m1_s2_relu6",
+            "DEPTHWISE_CONV_2D",
+            R(_depthwise(2, "SAME", 1, "relu6", 3, 6), ((1, 11, 11, 6),), ((-2.0, 4.0),)),
+        ),
+        s(
+            "depthwise_m2",
+            "DEPTHWISE_CONV_2D",
+            R(_depthwise(1, "VALID", 2, "", 3, 7), ((1, 9, 9, 4),), ((-0.25, 0.75),)),
+        ),
+        s(
+            "depthwise_m2_s2_relu",
+            "DEPTHWISE_CONV_2D",
+            R(_depthwise(2, "VALID", 2, "relu", 5, 8), ((1, 13, 13, 3),), ((-1.5, 1.5),)),
+        ),
         s("fully_connected", "FULLY_CONNECTED", R(_dense(10, "", 9), ((1, 24),), ((-1.0, 1.0),))),
         s("fully_connected_relu", "FULLY_CONNECTED", R(_dense(7, "relu", 10), ((1, 40),), ((-0.2, 3.0),))),
         s("fully_connected_3d", "FULLY_CONNECTED", R(_dense(12, "", 11), ((1, 5, 16),), ((-2.0, 2.0),))),
         # element-wise binary ops on two model inputs (with broadcasting)
         s("add", "ADD", R(lambda tf, a, b: a + b, ((1, 6, 6, 5), (1, 6, 6, 5)), ((-1.0, 1.0), (-3.0, 5.0)))),
-        s("add_broadcast_relu", "ADD",
-          R(lambda tf, a, b: tf.nn.relu(a + b), ((1, 4, 6, 5), (1, 1, 1, 5)), ((-2.0, 2.0), (-0.5, 0.5)))),
+        s(
+            "add_broadcast_relu",
+            "ADD",
+            R(lambda tf, a, b: tf.nn.relu(a + b), ((1, 4, 6, 5), (1, 1, 1, 5)), ((-2.0, 2.0), (-0.5, 0.5))),
+        ),
         s("mul", "MUL", R(lambda tf, a, b: a * b, ((1, 5, 7, 3), (1, 5, 7, 3)), ((-1.0, 1.0), (0.0, 4.0)))),
         s("mul_broadcast", "MUL", R(lambda tf, a, b: a * b, ((1, 5, 7, 3), (1, 1, 7, 1)), ((-6.0, 2.0), (-1.0, 1.0)))),
         s("sub", "SUB", R(lambda tf, a, b: a - b, ((1, 3, 4, 6), (1, 3, 4, 6)), ((-1.0, 3.0), (-2.0, 2.0)))),
         s("sub_broadcast", "SUB", R(lambda tf, a, b: a - b, ((1, 8, 12), (1, 8, 1)), ((-4.0, 4.0), (-1.0, 0.5)))),
-        s("squared_difference", "SQUARED_DIFFERENCE",
-          R(lambda tf, a, b: tf.math.squared_difference(a, b), ((1, 6, 10), (1, 6, 10)), ((-1.0, 1.0), (-2.0, 1.0)))),
-        s("squared_difference_broadcast", "SQUARED_DIFFERENCE",
-          R(lambda tf, a, b: tf.math.squared_difference(a, b), ((1, 6, 10), (1, 6, 1)), ((-3.0, 3.0), (-1.0, 1.0)))),
+        s(
+            "squared_difference",
+            "SQUARED_DIFFERENCE",
+            R(lambda tf, a, b: tf.math.squared_difference(a, b), ((1, 6, 10), (1, 6, 10)), ((-1.0, 1.0), (-2.0, 1.0))),
+        ),
+        s(
+            "squared_difference_broadcast",
+            "SQUARED_DIFFERENCE",
+            R(lambda tf, a, b: tf.math.squared_difference(a, b), ((1, 6, 10), (1, 6, 1)), ((-3.0, 3.0), (-1.0, 1.0))),
+        ),
         s("rsqrt", "RSQRT", R(lambda tf, x: tf.math.rsqrt(x), ((1, 4, 9),), ((0.05, 4.0),))),
         s("rsqrt_wide", "RSQRT", R(lambda tf, x: tf.math.rsqrt(x), ((1, 30),), ((0.5, 40.0),))),
         # reductions and pooling
-        s("mean_hw_keepdims", "MEAN",
-          R(lambda tf, x: tf.reduce_mean(x, axis=[1, 2], keepdims=True), ((1, 6, 6, 8),), ((-1.0, 3.0),))),
+        s(
+            "mean_hw_keepdims",
+            "MEAN",
+            R(lambda tf, x: tf.reduce_mean(x, axis=[1, 2], keepdims=True), ((1, 6, 6, 8),), ((-1.0, 3.0),)),
+        ),
         s("mean_last", "MEAN", R(lambda tf, x: tf.reduce_mean(x, axis=-1), ((1, 4, 16),), ((-2.0, 2.0),))),
-        s("average_pool_valid", "AVERAGE_POOL_2D",
-          R(lambda tf, x: tf.nn.avg_pool2d(x, 2, 2, "VALID"), ((1, 8, 8, 4),), ((-1.0, 1.0),))),
-        s("average_pool_same", "AVERAGE_POOL_2D",
-          R(lambda tf, x: tf.nn.avg_pool2d(x, 3, 2, "SAME"), ((1, 7, 9, 3),), ((0.0, 5.0),))),
-        s("max_pool_valid", "MAX_POOL_2D",
-          R(lambda tf, x: tf.nn.max_pool2d(x, 2, 2, "VALID"), ((1, 8, 6, 5),), ((-2.0, 1.0),))),
-        s("max_pool_same", "MAX_POOL_2D",
-          R(lambda tf, x: tf.nn.max_pool2d(x, 3, 1, "SAME"), ((1, 5, 5, 2),), ((-1.0, 1.0),))),
+        s(
+            "average_pool_valid",
+            "AVERAGE_POOL_2D",
+            R(lambda tf, x: tf.nn.avg_pool2d(x, 2, 2, "VALID"), ((1, 8, 8, 4),), ((-1.0, 1.0),)),
+        ),
+        s(
+            "average_pool_same",
+            "AVERAGE_POOL_2D",
+            R(lambda tf, x: tf.nn.avg_pool2d(x, 3, 2, "SAME"), ((1, 7, 9, 3),), ((0.0, 5.0),)),
+        ),
+        s(
+            "max_pool_valid",
+            "MAX_POOL_2D",
+            R(lambda tf, x: tf.nn.max_pool2d(x, 2, 2, "VALID"), ((1, 8, 6, 5),), ((-2.0, 1.0),)),
+        ),
+        s(
+            "max_pool_same",
+            "MAX_POOL_2D",
+            R(lambda tf, x: tf.nn.max_pool2d(x, 3, 1, "SAME"), ((1, 5, 5, 2),), ((-1.0, 1.0),)),
+        ),
         # data movement
-        s("pad", "PAD",
-          R(lambda tf, x: tf.pad(x, [[0, 0], [1, 2], [2, 1], [0, 0]]), ((1, 5, 5, 3),), ((-1.0, 2.0),))),
+        s("pad", "PAD", R(lambda tf, x: tf.pad(x, [[0, 0], [1, 2], [2, 1], [0, 0]]), ((1, 5, 5, 3),), ((-1.0, 2.0),))),
         s("pad_3d", "PAD", R(lambda tf, x: tf.pad(x, [[0, 0], [0, 3], [1, 0]]), ((1, 4, 6),), ((0.5, 3.0),))),
         s("reshape", "RESHAPE", R(lambda tf, x: tf.reshape(x, [1, 8, 6]), ((1, 4, 6, 2),), ((-1.0, 1.0),))),
-        s("transpose", "TRANSPOSE",
-          R(lambda tf, x: tf.transpose(x, [0, 2, 1, 3]), ((1, 3, 5, 4),), ((-1.0, 1.0),))),
+        s("transpose", "TRANSPOSE", R(lambda tf, x: tf.transpose(x, [0, 2, 1, 3]), ((1, 3, 5, 4),), ((-1.0, 1.0),))),
         s("transpose_3d", "TRANSPOSE", R(lambda tf, x: tf.transpose(x, [0, 2, 1]), ((1, 6, 7),), ((-4.0, 2.0),))),
-        s("concatenation", "CONCATENATION",
-          R(lambda tf, a, b: tf.concat([a, b], axis=3), ((1, 4, 4, 3), (1, 4, 4, 5)), ((-1.0, 1.0), (-2.0, 2.0)))),
-        s("concatenation_3", "CONCATENATION",
-          R(lambda tf, a, b, c: tf.concat([a, b, c], axis=1), ((1, 2, 8), (1, 3, 8), (1, 1, 8)),
-            ((-1.0, 1.0), (0.0, 3.0), (-0.5, 0.5)))),
+        s(
+            "concatenation",
+            "CONCATENATION",
+            R(lambda tf, a, b: tf.concat([a, b], axis=3), ((1, 4, 4, 3), (1, 4, 4, 5)), ((-1.0, 1.0), (-2.0, 2.0))),
+        ),
+        s(
+            "concatenation_3",
+            "CONCATENATION",
+            R(
+                lambda tf, a, b, c: tf.concat([a, b, c], axis=1),
+                ((1, 2, 8), (1, 3, 8), (1, 1, 8)),
+                ((-1.0, 1.0), (0.0, 3.0), (-0.5, 0.5)),
+            ),
+        ),
         # nonlinear
         s("softmax", "SOFTMAX", R(lambda tf, x: tf.nn.softmax(x), ((1, 10),), ((-4.0, 4.0),))),
         s("softmax_3d", "SOFTMAX", R(lambda tf, x: tf.nn.softmax(x, axis=-1), ((1, 4, 16),), ((-8.0, 2.0),))),
@@ -249,37 +300,64 @@ def _op_specs() -> tuple[OpModelSpec, ...]:
         s("relu", "RELU", R(lambda tf, x: tf.nn.relu(x), ((1, 6, 7),), ((-2.0, 2.0),))),
         s("relu6", "RELU6", R(lambda tf, x: tf.nn.relu6(x), ((1, 6, 7),), ((-3.0, 9.0),))),
         s("leaky_relu", "LEAKY_RELU", R(lambda tf, x: tf.nn.leaky_relu(x, alpha=0.2), ((1, 4, 10),), ((-3.0, 3.0),))),
-        s("leaky_relu_small", "LEAKY_RELU",
-          R(lambda tf, x: tf.nn.leaky_relu(x, alpha=0.01), ((1, 4, 10),), ((-1.0, 5.0),))),
-        s("resize_nearest_half_pixel", "RESIZE_NEAREST_NEIGHBOR",
-          R(_resize((8, 8), False, True), ((1, 4, 4, 3),), ((-1.0, 1.0),))),
-        s("resize_nearest_align_corners", "RESIZE_NEAREST_NEIGHBOR",
-          R(_resize((7, 9), True, False), ((1, 4, 5, 2),), ((-2.0, 1.0),))),
-        s("resize_nearest_legacy", "RESIZE_NEAREST_NEIGHBOR",
-          R(_resize((6, 10), False, False), ((1, 3, 5, 2),), ((0.0, 1.0),))),
+        s(
+            "leaky_relu_small",
+            "LEAKY_RELU",
+            R(lambda tf, x: tf.nn.leaky_relu(x, alpha=0.01), ((1, 4, 10),), ((-1.0, 5.0),)),
+        ),
+        s(
+            "resize_nearest_half_pixel",
+            "RESIZE_NEAREST_NEIGHBOR",
+            R(_resize((8, 8), False, True), ((1, 4, 4, 3),), ((-1.0, 1.0),)),
+        ),
+        s(
+            "resize_nearest_align_corners",
+            "RESIZE_NEAREST_NEIGHBOR",
+            R(_resize((7, 9), True, False), ((1, 4, 5, 2),), ((-2.0, 1.0),)),
+        ),
+        s(
+            "resize_nearest_legacy",
+            "RESIZE_NEAREST_NEIGHBOR",
+            R(_resize((6, 10), False, False), ((1, 3, 5, 2),), ((0.0, 1.0),)),
+        ),
         # slicing and gathering
-        s("strided_slice", "STRIDED_SLICE",
-          R(lambda tf, x: x[:, 1:7:2, ::2, 1:], ((1, 8, 7, 4),), ((-1.0, 1.0),))),
+        s("strided_slice", "STRIDED_SLICE", R(lambda tf, x: x[:, 1:7:2, ::2, 1:], ((1, 8, 7, 4),), ((-1.0, 1.0),))),
         s("strided_slice_shrink", "STRIDED_SLICE", R(lambda tf, x: x[:, 0], ((1, 5, 12),), ((-3.0, 1.0),))),
-        s("strided_slice_negative", "STRIDED_SLICE",
-          R(lambda tf, x: x[:, ::-1, -3:], ((1, 6, 8),), ((-1.0, 2.0),))),
-        s("slice", "SLICE",
-          R(lambda tf, x: tf.slice(x, [0, 1, 2, 0], [1, 3, 2, 4]), ((1, 5, 6, 4),), ((-1.0, 1.0),))),
+        s("strided_slice_negative", "STRIDED_SLICE", R(lambda tf, x: x[:, ::-1, -3:], ((1, 6, 8),), ((-1.0, 2.0),))),
+        s("slice", "SLICE", R(lambda tf, x: tf.slice(x, [0, 1, 2, 0], [1, 3, 2, 4]), ((1, 5, 6, 4),), ((-1.0, 1.0),))),
         s("gather", "GATHER", R(lambda tf, x: tf.gather(x, [3, 0, 2, 2], axis=1), ((1, 5, 6),), ((-1.0, 1.0),))),
-        s("gather_last_axis", "GATHER",
-          R(lambda tf, x: tf.gather(x, [1, 1, 0, 4, 3], axis=2), ((1, 3, 5),), ((0.0, 2.0),))),
-        s("batch_matmul", "BATCH_MATMUL",
-          R(lambda tf, a, b: tf.matmul(a, b), ((1, 4, 6), (1, 6, 5)), ((-1.0, 1.0), (-2.0, 2.0)))),
-        s("batch_matmul_adj_y_4d", "BATCH_MATMUL",
-          R(lambda tf, a, b: tf.matmul(a, b, transpose_b=True), ((1, 2, 5, 8), (1, 2, 3, 8)),
-            ((-1.0, 1.0), (-0.5, 1.5)))),
+        s(
+            "gather_last_axis",
+            "GATHER",
+            R(lambda tf, x: tf.gather(x, [1, 1, 0, 4, 3], axis=2), ((1, 3, 5),), ((0.0, 2.0),)),
+        ),
+        s(
+            "batch_matmul",
+            "BATCH_MATMUL",
+            R(lambda tf, a, b: tf.matmul(a, b), ((1, 4, 6), (1, 6, 5)), ((-1.0, 1.0), (-2.0, 2.0))),
+        ),
+        s(
+            "batch_matmul_adj_y_4d",
+            "BATCH_MATMUL",
+            R(
+                lambda tf, a, b: tf.matmul(a, b, transpose_b=True),
+                ((1, 2, 5, 8), (1, 2, 3, 8)),
+                ((-1.0, 1.0), (-0.5, 1.5)),
+            ),
+        ),
         # interface (de)quantization, each carried by one RESHAPE
-        s("quantize", "QUANTIZE",
-          R(lambda tf, x: tf.reshape(x, [1, 12, 2]), ((1, 4, 6),), ((-1.0, 2.0),), io=(False, True)),
-          carrier_ops=("RESHAPE",)),
-        s("dequantize", "DEQUANTIZE",
-          R(lambda tf, x: tf.reshape(x, [1, 24]), ((1, 4, 6),), ((-3.0, 1.0),), io=(True, False)),
-          carrier_ops=("RESHAPE",)),
+        s(
+            "quantize",
+            "QUANTIZE",
+            R(lambda tf, x: tf.reshape(x, [1, 12, 2]), ((1, 4, 6),), ((-1.0, 2.0),), io=(False, True)),
+            carrier_ops=("RESHAPE",),
+        ),
+        s(
+            "dequantize",
+            "DEQUANTIZE",
+            R(lambda tf, x: tf.reshape(x, [1, 24]), ((1, 4, 6),), ((-3.0, 1.0),), io=(True, False)),
+            carrier_ops=("RESHAPE",),
+        ),
     )
 
 
@@ -288,7 +366,7 @@ OP_MODELS: tuple[OpModelSpec, ...] = _op_specs()
 
 def cache_key(name: str) -> str:
     """File stem of a cached op model: name, recipe version and TF version."""
-    return f"{name}-r{RECIPE_VERSION}-tf{_tf_version()}"
+    return f"{name}-r{RECIPE_VERSION}-tf{tensorflow_version()}"
 
 
 def build_all(cache_dir: str | Path, names: Sequence[str] | None = None) -> dict[str, bytes]:
@@ -305,17 +383,8 @@ def build_all(cache_dir: str | Path, names: Sequence[str] | None = None) -> dict
             out[spec.name] = path.read_bytes()
             continue
         model = spec.build()
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(model)
         tmp.replace(path)
         out[spec.name] = model
     return out
-
-
-def _tf_version() -> str:
-    for dist in ("tensorflow-cpu", "tensorflow"):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return "none"

@@ -59,6 +59,9 @@ from tinytrain.sim.kernels.core_common import (
 from tinytrain.sim.kernels.core_requant import Requantizer, make_requantizer
 
 F32_EXACT = 2**24
+BLOCK = 1 << 15  # output values per block (keeps the scratch arrays in cache)
+MATMUL_MNK = 1 << 18  # OpenBLAS runs a gemm single-threaded up to this m·n·k
+MIN_ROWS = 16
 F64_EXACT = 2**53
 
 
@@ -148,20 +151,24 @@ def tap_view(xp: np.ndarray, g: Geometry, ky: int, kx: int) -> np.ndarray:
     return xp[:, y0 : y0 + (g.out_h - 1) * g.sh + 1 : g.sh, x0 : x0 + (g.out_w - 1) * g.sw + 1 : g.sw, :]
 
 
-def im2col(xp: np.ndarray, g: Geometry) -> np.ndarray:
-    """(N·out_h·out_w, kh·kw·C) patches of the padded input, in (ky, kx, c) order."""
+def im2col(xp: np.ndarray, g: Geometry, y0: int = 0, y1: int = -1) -> np.ndarray:
+    """Patches of output rows ``y0:y1`` of padded input ``xp``: (N·rows·out_w, kh·kw·C),
+    in (ky, kx, c) order (a view when the convolution is 1×1 with stride 1)."""
+    y1 = g.out_h if y1 < 0 else y1
     n, _, _, c = xp.shape
+    rows = y1 - y0
+    base = xp[:, y0 * g.sh :]
     if g.kh == g.kw == 1:
-        v = xp[:, : (g.out_h - 1) * g.sh + 1 : g.sh, : (g.out_w - 1) * g.sw + 1 : g.sw, :]
-        return v.reshape(n * g.out_h * g.out_w, c)
-    s0, s1, s2, s3 = xp.strides
+        v = base[:, : (rows - 1) * g.sh + 1 : g.sh, : (g.out_w - 1) * g.sw + 1 : g.sw, :]
+        return v.reshape(n * rows * g.out_w, c)
+    s0, s1, s2, s3 = base.strides
     view = np.lib.stride_tricks.as_strided(
-        xp,
-        shape=(n, g.out_h, g.out_w, g.kh, g.kw, c),
+        base,
+        shape=(n, rows, g.out_w, g.kh, g.kw, c),
         strides=(s0, s1 * g.sh, s2 * g.sw, s1 * g.dh, s2 * g.dw, s3),
         writeable=False,
     )
-    return view.reshape(n * g.out_h * g.out_w, g.kh * g.kw * c)
+    return view.reshape(n * rows * g.out_w, g.kh * g.kw * c)
 
 
 def channel_qparams(op: Op, filt: Tensor, channels: int) -> tuple[float, ...]:
@@ -312,19 +319,45 @@ def _group_patches(p: ConvParams, patches: np.ndarray, g: int) -> np.ndarray:
     return patches.reshape(m, k_taps, -1)[:, :, g * cin_g : (g + 1) * cin_g].reshape(m, k_taps * cin_g)
 
 
+def _position_blocks(n: int, out_h: int, out_w: int, positions: int) -> list[tuple[int, int, int, int]]:
+    """(n0, n1, y0, y1) blocks of about ``positions`` output positions."""
+    per_sample = out_h * out_w
+    if per_sample <= positions:
+        nb = max(1, positions // max(per_sample, 1))
+        return [(i, min(i + nb, n), 0, out_h) for i in range(0, n, nb)]
+    rb = max(1, positions // max(out_w, 1))
+    return [(i, i + 1, y, min(y + rb, out_h)) for i in range(n) for y in range(0, out_h, rb)]
+
+
 def run_conv(p: ConvParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
     x = args[0]
     assert x is not None
     n = x.shape[0]
     g = p.geom
+    if p.is_int8 and p.groups == 1:
+        assert p.requant is not None
+        w_t = p.w_t[0]
+        xp = pad_input(x, g, p.pad_value).astype(w_t.dtype)
+        depth = w_t.shape[0]
+        # OpenBLAS only spawns threads above m·n·k = 2^18; below that, small row chunks run
+        # single-threaded, cache-resident and free of thread hand-offs.
+        rows_mm = MATMUL_MNK // max(depth * p.out_c, 1)
+        if rows_mm < MIN_ROWS:
+            acc = im2col(xp, g) @ w_t
+            return (p.requant.apply(acc).reshape(n, g.out_h, g.out_w, p.out_c),)
+        out = np.empty((n, g.out_h, g.out_w, p.out_c), dtype=np.int8)
+        for n0, n1, y0, y1 in _position_blocks(n, g.out_h, g.out_w, max(BLOCK // p.out_c, 1)):
+            patches = im2col(xp[n0:n1], g, y0, y1)
+            acc = np.empty((patches.shape[0], p.out_c), dtype=w_t.dtype)
+            for r in range(0, patches.shape[0], rows_mm):
+                np.matmul(patches[r : r + rows_mm], w_t, out=acc[r : r + rows_mm])
+            out[n0:n1, y0:y1] = p.requant.apply(acc).reshape(n1 - n0, y1 - y0, g.out_w, p.out_c)
+        return (out,)
     if p.is_int8:
         mm = p.w_t[0].dtype
         xp = pad_input(x, g, p.pad_value).astype(mm)
         patches = im2col(xp, g)
-        if p.groups == 1:
-            acc = patches @ p.w_t[0]
-        else:
-            acc = np.concatenate([_group_patches(p, patches, i) @ p.w_t[i] for i in range(p.groups)], axis=1)
+        acc = np.concatenate([_group_patches(p, patches, i) @ p.w_t[i] for i in range(p.groups)], axis=1)
         assert p.requant is not None
         y = p.requant.apply(acc)
         return (y.reshape(n, g.out_h, g.out_w, p.out_c),)
@@ -406,6 +439,16 @@ def prepare_depthwise(op: Op, inputs: Sequence[Tensor | None], outputs: Sequence
     return DepthwiseParams(geom, False, mult, wd.astype(np.float32), 0, None, float_bias(op, bias, cout), lo, hi)
 
 
+def _blocks(n: int, rows: int, row_size: int) -> list[tuple[int, int, int, int]]:
+    """(n0, n1, y0, y1) blocks of about ``BLOCK`` output values (whole samples when small)."""
+    per_sample = rows * row_size
+    if per_sample <= BLOCK:
+        nb = max(1, BLOCK // max(per_sample, 1))
+        return [(i, min(i + nb, n), 0, rows) for i in range(0, n, nb)]
+    rb = max(1, BLOCK // max(row_size, 1))
+    return [(i, i + 1, y, min(y + rb, rows)) for i in range(n) for y in range(0, rows, rb)]
+
+
 def run_depthwise(p: DepthwiseParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
     x = args[0]
     assert x is not None
@@ -414,28 +457,34 @@ def run_depthwise(p: DepthwiseParams, args: Sequence[np.ndarray | None]) -> tupl
     xp = pad_input(x, g, p.pad_value if p.is_int8 else 0.0).astype(acc_t, copy=False)
     if p.mult > 1:
         xp = np.repeat(xp, p.mult, axis=3)
-    total: np.ndarray | None = None
-    tmp: np.ndarray | None = None
-    for ky in range(g.kh):
-        for kx in range(g.kw):
-            v = tap_view(xp, g, ky, kx)
-            if total is None:
-                total = v * p.taps[ky, kx]
-                if not p.is_int8:
-                    # C starts from +0.0: 0.0 + x turns a -0.0 product into +0.0.
-                    total += acc_t.type(0.0)
-                tmp = np.empty_like(total)
-            else:
-                assert tmp is not None
-                np.multiply(v, p.taps[ky, kx], out=tmp)
-                total += tmp
-    assert total is not None
-    if p.is_int8:
-        assert p.requant is not None
-        return (p.requant.apply(total),)
-    total += p.f_bias if p.f_bias is not None else np.float32(0.0)
-    total = clamp_float(total, p.f_lo, p.f_hi)
-    return (total,)
+    n, c = xp.shape[0], xp.shape[3]
+    out = np.empty((n, g.out_h, g.out_w, c), dtype=np.int8 if p.is_int8 else np.float32)
+    span_w = (g.out_w - 1) * g.sw + 1
+    for n0, n1, y0, y1 in _blocks(n, g.out_h, g.out_w * c):
+        total = np.empty((n1 - n0, y1 - y0, g.out_w, c), dtype=acc_t)
+        tmp = np.empty_like(total)
+        first = True
+        for ky in range(g.kh):
+            r0 = y0 * g.sh + ky * g.dh
+            rows = xp[n0:n1, r0 : r0 + (y1 - y0 - 1) * g.sh + 1 : g.sh]
+            for kx in range(g.kw):
+                v = rows[:, :, kx * g.dw : kx * g.dw + span_w : g.sw, :]
+                if first:
+                    np.multiply(v, p.taps[ky, kx], out=total)
+                    if not p.is_int8:
+                        # C starts from +0.0: 0.0 + x turns a -0.0 product into +0.0.
+                        total += acc_t.type(0.0)
+                    first = False
+                else:
+                    np.multiply(v, p.taps[ky, kx], out=tmp)
+                    total += tmp
+        if p.is_int8:
+            assert p.requant is not None
+            out[n0:n1, y0:y1] = p.requant.apply(total)
+        else:
+            total += p.f_bias if p.f_bias is not None else np.float32(0.0)
+            out[n0:n1, y0:y1] = clamp_float(total, p.f_lo, p.f_hi)
+    return (out,)
 
 
 CONV_2D = KernelSpec(prepare=prepare_conv, run=run_conv)
