@@ -1,0 +1,1 @@
+"""The training compiler: schemes, autodiff, scheduling, memory plan, integer training."""

@@ -1,0 +1,324 @@
+"""Update schemes: which layers train, and how.
+
+A scheme says, per trainable (linear) layer: ``frozen``, ``bias`` (bias only), ``full``
+(weights and bias) or ``channels`` (bias and the weights of a subset of the *input*
+channels, given as a ratio in (0, 1] or a count; as in tiny-training, the first
+channels). Layers not named take the scheme's ``default`` (``frozen`` unless set).
+
+Schemes come from a YAML/JSON file::
+
+    name: my-scheme
+    default: frozen
+    layers:
+      - {layer: -1, update: full}            # by index; negative counts from the end
+      - {layer: conv48, update: channels, ratio: 0.25}   # by name
+      - {layer: 30, update: bias}
+
+or from a preset name with optional parameters: ``last-layer``, ``bias-only``,
+``last-k:K``, ``tte[:bias=N,weights=I-J-K,ratios=R-S-T]``, ``full``.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tinytrain.errors import UsageError
+from tinytrain.ir.graph import Graph
+from tinytrain.ir.ops import OpKind
+from tinytrain.train.layers import Layer, linear_layers, resolve_layer
+
+
+class Update(enum.Enum):
+    FROZEN = "frozen"
+    BIAS = "bias"
+    FULL = "full"
+    CHANNELS = "channels"
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """One entry of a scheme, before it is resolved against a model."""
+
+    layer: str | int
+    update: Update
+    ratio: float | None = None
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    rules: tuple[LayerRule, ...]
+    default: Update = Update.FROZEN
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What one layer trains, resolved against a model."""
+
+    layer: Layer
+    update: Update
+    channels: tuple[int, ...] = ()  # trained input channels of the weights (empty: none)
+
+    @property
+    def trains_bias(self) -> bool:
+        return self.update is not Update.FROZEN
+
+    @property
+    def trains_weights(self) -> bool:
+        return bool(self.channels)
+
+
+@dataclass(frozen=True)
+class ResolvedScheme:
+    name: str
+    layers: tuple[LayerPlan, ...]  # one per linear layer of the model, in order
+
+    @property
+    def trained(self) -> tuple[LayerPlan, ...]:
+        return tuple(p for p in self.layers if p.update is not Update.FROZEN)
+
+    @property
+    def first_trained(self) -> int:
+        """Index of the earliest layer that trains anything (len(layers) when none)."""
+        for p in self.layers:
+            if p.update is not Update.FROZEN:
+                return p.layer.index
+        return len(self.layers)
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "layer": p.layer.name,
+                "index": p.layer.index,
+                "update": p.update.value,
+                "weight_channels": len(p.channels),
+                "in_channels": p.layer.in_channels,
+            }
+            for p in self.trained
+        ]
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _update(value: object, where: str) -> Update:
+    try:
+        return Update(str(value))
+    except ValueError:
+        choices = ", ".join(u.value for u in Update)
+        raise UsageError(f"{where}: unknown update {value!r} (one of {choices})") from None
+
+
+def _rule(entry: object, i: int) -> LayerRule:
+    where = f"scheme entry {i}"
+    if not isinstance(entry, Mapping):
+        raise UsageError(f"{where}: expected a mapping with 'layer' and 'update', got {entry!r}")
+    unknown = set(entry) - {"layer", "update", "ratio", "count"}
+    if unknown:
+        raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    if "layer" not in entry or "update" not in entry:
+        raise UsageError(f"{where}: needs both 'layer' and 'update'")
+    layer = entry["layer"]
+    if not isinstance(layer, (str, int)) or isinstance(layer, bool):
+        raise UsageError(f"{where}: 'layer' must be a name or an index, got {layer!r}")
+    update = _update(entry["update"], where)
+    ratio, count = entry.get("ratio"), entry.get("count")
+    if update is Update.CHANNELS:
+        if (ratio is None) == (count is None):
+            raise UsageError(f"{where}: update 'channels' needs exactly one of 'ratio' or 'count'")
+        if ratio is not None:
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) <= 1.0:
+                raise UsageError(f"{where}: ratio must be in (0, 1], got {ratio!r}")
+            ratio = float(ratio)
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise UsageError(f"{where}: count must be a positive integer, got {count!r}")
+    elif ratio is not None or count is not None:
+        raise UsageError(f"{where}: 'ratio'/'count' only apply to update 'channels'")
+    return LayerRule(layer=layer, update=update, ratio=ratio, count=count)
+
+
+def scheme_from_mapping(data: object, name: str = "scheme") -> Scheme:
+    if not isinstance(data, Mapping):
+        raise UsageError("a scheme file must hold a mapping with a 'layers' list")
+    unknown = set(data) - {"name", "default", "layers"}
+    if unknown:
+        raise UsageError(f"scheme: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
+    entries = data.get("layers", [])
+    if not isinstance(entries, list):
+        raise UsageError("scheme: 'layers' must be a list")
+    default = _update(data.get("default", "frozen"), "scheme default")
+    if default is Update.CHANNELS:
+        raise UsageError("scheme default cannot be 'channels'")
+    return Scheme(str(data.get("name", name)), tuple(_rule(e, i) for i, e in enumerate(entries)), default)
+
+
+def load_scheme_file(path: str | Path) -> Scheme:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read scheme file {p}: {exc.strerror or exc}") from None
+    try:
+        if p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError
+        raise UsageError(f"scheme file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}") from None
+    return scheme_from_mapping(data, name=p.stem)
+
+
+# ---------------------------------------------------------------- presets
+
+TTE_DEFAULT_BIAS = 22
+TTE_DEFAULT_WEIGHT_BLOCKS = 4
+
+
+def _params(text: str, preset: str, allowed: set[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if not text:
+        return out
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or key not in allowed:
+            raise UsageError(f"preset {preset!r}: bad parameter {part!r} (allowed: {', '.join(sorted(allowed))})")
+        out[key] = value
+    return out
+
+
+def _int(value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{what} must be an integer, got {value!r}") from None
+
+
+def preset(spec: str, graph: Graph) -> Scheme:
+    """A named preset, made concrete for ``graph`` (TTE's needs the block structure)."""
+    name, _, arg = spec.partition(":")
+    layers = linear_layers(graph)
+    if name == "last-layer":
+        _params(arg, name, set())
+        return Scheme(spec, (LayerRule(-1, Update.FULL),))
+    if name == "bias-only":
+        _params(arg, name, set())
+        return Scheme(spec, (LayerRule(-1, Update.FULL),), default=Update.BIAS)
+    if name == "full":
+        _params(arg, name, set())
+        return Scheme(spec, (), default=Update.FULL)
+    if name == "last-k":
+        k = _int(arg, "last-k's K")
+        if not 1 <= k <= len(layers):
+            raise UsageError(f"last-k:{k}: K must be in 1..{len(layers)} for this model")
+        return Scheme(spec, tuple(LayerRule(-i, Update.FULL) for i in range(1, k + 1)))
+    if name == "tte":
+        return _tte(spec, arg, layers)
+    raise UsageError(f"unknown scheme {spec!r} (presets: last-layer, bias-only, last-k:K, tte, full; or a file)")
+
+
+def _tte(spec: str, arg: str, layers: tuple[Layer, ...]) -> Scheme:
+    """TTE's recipe: biases of the last N convs, plus the weights of chosen convs at
+    input-channel ratios. Default: the biases of the last 22 layers and the full weights
+    of the 1×1 expansion convs of the last 4 inverted-residual blocks (the configuration
+    of DESIGN.md's float TTE-style row); ``weights`` and ``ratios`` take tiny-training's
+    ``manual_weight_idx`` / ``weight_update_ratio`` (conv indices counted like ours)."""
+    p = _params(arg, "tte", {"bias", "weights", "ratios"})
+    n_bias = _int(p.get("bias", str(TTE_DEFAULT_BIAS)), "tte bias")
+    if not 1 <= n_bias <= len(layers):
+        raise UsageError(f"tte: bias={n_bias} must be in 1..{len(layers)} for this model")
+    if "weights" in p:
+        idx = [_int(v, "tte weights index") for v in p["weights"].split("-") if v]
+    else:
+        idx = [lay.index for lay in _expansion_convs(layers)[-TTE_DEFAULT_WEIGHT_BLOCKS:]]
+    if "ratios" in p:
+        try:
+            ratios = [float(v) for v in p["ratios"].split("-") if v]
+        except ValueError:
+            raise UsageError(f"tte: ratios must be numbers joined by '-', got {p['ratios']!r}") from None
+        if len(ratios) != len(idx):
+            raise UsageError(f"tte: {len(idx)} weight layers but {len(ratios)} ratios")
+    else:
+        ratios = [1.0] * len(idx)
+    rules: list[LayerRule] = [LayerRule(-i, Update.BIAS) for i in range(2, n_bias + 1)]
+    rules.append(LayerRule(-1, Update.FULL))
+    for i, r in zip(idx, ratios, strict=True):
+        if i < len(layers) - n_bias:
+            raise UsageError(f"tte: weight layer {i} is not among the last {n_bias} layers whose biases train")
+        if r == 0:
+            continue
+        rules = [rule for rule in rules if rule.layer != i - len(layers)]
+        rules.append(LayerRule(i, Update.FULL) if r >= 1 else LayerRule(i, Update.CHANNELS, ratio=r))
+    return Scheme(spec, tuple(rules))
+
+
+def _expansion_convs(layers: tuple[Layer, ...]) -> list[Layer]:
+    """1×1 convs directly followed by a depthwise conv (the expansions of inverted residual blocks)."""
+    return [
+        lay for lay, nxt in itertools.pairwise(layers)
+        if lay.is_pointwise and nxt.kind is OpKind.DEPTHWISE_CONV_2D
+    ]
+
+
+# ---------------------------------------------------------------- resolution
+
+
+def get_scheme(spec: str, graph: Graph) -> Scheme:
+    """A preset name, or a path to a YAML/JSON scheme file."""
+    if Path(spec).suffix in (".yaml", ".yml", ".json"):
+        return load_scheme_file(spec)
+    return preset(spec, graph)
+
+
+def resolve(scheme: Scheme, graph: Graph) -> ResolvedScheme:
+    """Checks a scheme against a model and fixes, per layer, what trains."""
+    layers = linear_layers(graph)
+    if not layers:
+        raise UsageError("the model has no trainable (conv / depthwise / fully connected) layer")
+    chosen: dict[int, LayerRule] = {}
+    for entry in scheme.rules:
+        layer = resolve_layer(layers, entry.layer)
+        if layer.index in chosen:
+            raise UsageError(f"scheme {scheme.name!r}: layer {layer.name} is listed twice")
+        chosen[layer.index] = entry
+    plans = []
+    for layer in layers:
+        rule = chosen.get(layer.index)
+        update = rule.update if rule is not None else scheme.default
+        channels: tuple[int, ...] = ()
+        if update is Update.FULL:
+            channels = tuple(range(layer.in_channels))
+        elif update is Update.CHANNELS:
+            assert rule is not None
+            n = rule.count if rule.count is not None else max(1, math.floor((rule.ratio or 0.0) * layer.in_channels))
+            if n > layer.in_channels:
+                raise UsageError(
+                    f"scheme {scheme.name!r}: layer {layer.name} has {layer.in_channels} input channels, "
+                    f"count {n} asks for more"
+                )
+            channels = tuple(range(n))
+        if channels:
+            _check_weight_input(graph, layer, scheme.name)
+        plans.append(LayerPlan(layer, update, channels))
+    return ResolvedScheme(scheme.name, tuple(plans))
+
+
+def _check_weight_input(graph: Graph, layer: Layer, scheme_name: str) -> None:
+    """A weight update needs the layer's int8 input activation during backward."""
+    x = graph.tensor(layer.input)
+    if x.dtype.is_float or x.quant is None:
+        raise UsageError(
+            f"scheme {scheme_name!r}: layer {layer.name} cannot update its weights: its input "
+            f"{layer.input!r} is not an int8 activation the backward pass can keep"
+        )
+    if layer.kind is OpKind.DEPTHWISE_CONV_2D and graph.tensor(layer.weight).shape[3] != layer.in_channels:
+        raise UsageError(f"scheme {scheme_name!r}: layer {layer.name}: depth multiplier > 1 cannot train weights")
