@@ -34,7 +34,7 @@ def _io_types(model: bytes) -> tuple[list[int], list[int]]:
     return ins, outs
 
 
-def _one_line(exc: pytest.ExceptionInfo[Exception]) -> str:
+def _one_line(exc: pytest.ExceptionInfo[Any]) -> str:
     text = str(exc.value)
     assert text and "\n" not in text, repr(text)
     return text
@@ -131,15 +131,15 @@ def test_model_errors(tmp_path: Path) -> None:
         convert_keras(object(), np.zeros((1, 4)))
     corrupt = tmp_path / "corrupt.keras"
     corrupt.write_bytes(b"PK\x03\x04 definitely not a zip archive")
-    with pytest.raises(ModelFormatError) as exc:
+    with pytest.raises(ModelFormatError) as bad:
         convert_keras(corrupt, np.zeros((1, 4)))
-    assert "corrupt.keras" in _one_line(exc)
+    assert "corrupt.keras" in _one_line(bad)
     empty_zip = tmp_path / "empty.keras"
     with zipfile.ZipFile(empty_zip, "w"):
         pass
-    with pytest.raises(ModelFormatError) as exc:
+    with pytest.raises(ModelFormatError) as empty:
         convert_keras(empty_zip, np.zeros((1, 4)))
-    _one_line(exc)
+    _one_line(empty)
 
 
 def test_dynamic_spatial_input_is_refused() -> None:
@@ -223,8 +223,15 @@ def test_package_imports_without_tensorflow() -> None:
         "import tinytrain.frontends.keras_convert, tinytrain.models, tinytrain.testing.zoo\n"
         "import tinytrain.testing.opmodels\n"
         "print(len(tinytrain.testing.opmodels.OP_MODELS))\n"
+        "from tinytrain.errors import UsageError\n"
+        "try:\n"
+        "    tinytrain.frontends.keras_convert.convert_keras('m.keras', [[0.0]])\n"
+        "except UsageError as e:\n"
+        "    print(e)\n"
     )
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert int(done.stdout.strip()) > 30
+    count, message = done.stdout.strip().splitlines()
+    assert int(count) > 30
+    assert "needs TensorFlow" in message

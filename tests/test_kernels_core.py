@@ -121,7 +121,7 @@ def _cases() -> dict[str, Case]:
         "batch_axis": (
             lambda x: [tf.transpose(x, [1, 0, 2]) * 2.0, tf.reduce_mean(x, [0, 2]), tf.concat([x, x * 0.5], 0)],
             [(1, 4, 8)],
-            ("TRANSPOSE", "MEAN", "CONCATENATION"),
+            ("RESHAPE", "MEAN", "CONCATENATION"),
         ),
     }
 

@@ -203,11 +203,12 @@ def _quiet() -> Iterator[None]:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     with warnings.catch_warnings(), _redirect_fds():
         warnings.simplefilter("ignore")
-        import absl.logging
-
+        try:
+            import absl.logging
+            import tensorflow as tf
+        except ImportError:
+            raise UsageError("converting Keras models needs TensorFlow: pip install 'tinytrain[tf]'") from None
         absl.logging.set_verbosity(absl.logging.ERROR)
-        import tensorflow as tf
-
         tf.get_logger().setLevel("ERROR")
         yield
 

@@ -5,9 +5,11 @@ the patch tokens, a learned position embedding, pre-LayerNorm blocks
 (``keras.layers.MultiHeadAttention`` and a two-layer MLP with ReLU or hard-swish),
 a final LayerNorm, the class token's slice and a Dense head.
 
-LayerNorm is written out as ``(x - mean) * rsqrt(var + eps) * gamma + beta``
-(MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL, MUL, ADD): Keras' own LayerNormalization
-computes ``-mean * inv``, and the converter has no int8 NEG, so it would leave float ops.
+LayerNorm is written out as ``(x - mean) * rsqrt(var + eps) * gamma + beta``, which
+converts to MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL (the converter folds gamma and beta
+into the FULLY_CONNECTED that follows; the final LayerNorm keeps a MUL and an ADD for
+them). Keras' own LayerNormalization computes ``-mean * inv``, and the converter has
+no int8 NEG, so it would leave float DEQUANTIZE/NEG/QUANTIZE in every LayerNorm.
 
 The class token is broadcast to the batch size; :func:`convert_keras` traces the model
 at batch 1, so the token becomes a constant that the converter concatenates without

@@ -329,6 +329,28 @@ def _position_blocks(n: int, out_h: int, out_w: int, positions: int) -> list[tup
     return [(i, i + 1, y, min(y + rb, out_h)) for i in range(n) for y in range(0, out_h, rb)]
 
 
+def tiled_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` in tiles of at most ``MATMUL_MNK`` multiply-adds.
+
+    OpenBLAS only spawns threads above m·n·k = 2^18; tiles below that run single-threaded
+    and cache-resident, which is faster here than threaded calls (thread hand-offs are
+    expensive on a busy 2-core machine) and keeps the simulator's speed independent of
+    the BLAS thread setting. Results are exact whatever the tiling (integer sums).
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    if m * k * n <= MATMUL_MNK or k * MIN_ROWS > MATMUL_MNK:
+        return a @ b
+    cols = n if k * n * MIN_ROWS <= MATMUL_MNK else max(1, MATMUL_MNK // (k * MIN_ROWS))
+    rows = max(MIN_ROWS, MATMUL_MNK // (k * cols))
+    out = np.empty((m, n), dtype=np.result_type(a, b))
+    for c0 in range(0, n, cols):
+        bc = b if cols >= n else np.ascontiguousarray(b[:, c0 : c0 + cols])
+        for r0 in range(0, m, rows):
+            out[r0 : r0 + rows, c0 : c0 + cols] = a[r0 : r0 + rows] @ bc
+    return out
+
+
 def run_conv(p: ConvParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
     x = args[0]
     assert x is not None
@@ -338,26 +360,16 @@ def run_conv(p: ConvParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarr
         assert p.requant is not None
         w_t = p.w_t[0]
         xp = pad_input(x, g, p.pad_value).astype(w_t.dtype)
-        depth = w_t.shape[0]
-        # OpenBLAS only spawns threads above m·n·k = 2^18; below that, small row chunks run
-        # single-threaded, cache-resident and free of thread hand-offs.
-        rows_mm = MATMUL_MNK // max(depth * p.out_c, 1)
-        if rows_mm < MIN_ROWS:
-            acc = im2col(xp, g) @ w_t
-            return (p.requant.apply(acc).reshape(n, g.out_h, g.out_w, p.out_c),)
         out = np.empty((n, g.out_h, g.out_w, p.out_c), dtype=np.int8)
-        for n0, n1, y0, y1 in _position_blocks(n, g.out_h, g.out_w, max(BLOCK // p.out_c, 1)):
-            patches = im2col(xp[n0:n1], g, y0, y1)
-            acc = np.empty((patches.shape[0], p.out_c), dtype=w_t.dtype)
-            for r in range(0, patches.shape[0], rows_mm):
-                np.matmul(patches[r : r + rows_mm], w_t, out=acc[r : r + rows_mm])
+        for n0, n1, y0, y1 in _position_blocks(n, g.out_h, g.out_w, max(BLOCK // p.out_c, MIN_ROWS)):
+            acc = tiled_matmul(im2col(xp[n0:n1], g, y0, y1), w_t)
             out[n0:n1, y0:y1] = p.requant.apply(acc).reshape(n1 - n0, y1 - y0, g.out_w, p.out_c)
         return (out,)
     if p.is_int8:
         mm = p.w_t[0].dtype
         xp = pad_input(x, g, p.pad_value).astype(mm)
         patches = im2col(xp, g)
-        acc = np.concatenate([_group_patches(p, patches, i) @ p.w_t[i] for i in range(p.groups)], axis=1)
+        acc = np.concatenate([tiled_matmul(_group_patches(p, patches, i), p.w_t[i]) for i in range(p.groups)], axis=1)
         assert p.requant is not None
         y = p.requant.apply(acc)
         return (y.reshape(n, g.out_h, g.out_w, p.out_c),)

@@ -49,6 +49,7 @@ from tinytrain.sim.kernels.core_common import (
     tensor_at,
     unsupported,
 )
+from tinytrain.sim.kernels.core_conv import tiled_matmul
 from tinytrain.sim.kernels.core_requant import Requantizer, make_requantizer
 
 F32_EXACT = 2**24
@@ -87,6 +88,8 @@ def prepare_fully_connected(op: Op, inputs: Inputs, outputs: Outputs) -> FullyCo
     if len(out.shape) < 1:
         raise graph_error(op, "output must have rank >= 1")
     out_c, accum = filt.shape
+    if out_c == 0 or accum == 0:
+        raise graph_error(op, f"weights {filt.name!r} are empty ({list(filt.shape)})")
     if out.shape[-1] != out_c:
         raise graph_error(op, f"output depth {out.shape[-1]} does not match the {out_c} weight rows")
     rows = math.prod(out.shape[:-1])
@@ -159,7 +162,7 @@ def run_fully_connected(p: FullyConnectedParams, args: Sequence[np.ndarray | Non
         if p.in_zp:
             xf -= p.w_t.dtype.type(p.in_zp)
         assert p.requant is not None
-        return (p.requant.apply(xf @ p.w_t).reshape(shape),)
+        return (p.requant.apply(tiled_matmul(xf, p.w_t)).reshape(shape),)
     xf = x2.astype(np.float32, copy=False)
     total = np.zeros((rows, p.out_c), dtype=np.float32)
     for k in range(p.accum):
