@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -54,7 +55,9 @@ def float_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     keras.utils.set_random_seed(1)
     inp = keras.Input((8,), batch_size=1)
     model = keras.Model(inp, keras.layers.Dense(3)(inp))
-    data = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     path = tmp_path_factory.mktemp("models") / "float.tflite"
     path.write_bytes(data)
     return path
@@ -83,5 +86,7 @@ def unsupported_op_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
     path = tmp_path_factory.mktemp("models") / "abs.tflite"
-    path.write_bytes(conv.convert())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path.write_bytes(conv.convert())
     return path
