@@ -112,6 +112,11 @@ def _cases() -> dict[str, Case]:
             ("BATCH_MATMUL",),
         ),
         "bmm4d": (lambda a, b: [tf.matmul(a, b)], [(1, 2, 6, 8), (1, 2, 8, 5)], ("BATCH_MATMUL",)),
+        "bmm_broadcast": (
+            lambda a, b: [tf.matmul(a, b)],
+            [(1, 3, 1, 6, 8), (1, 1, 4, 8, 5)],
+            ("BATCH_MATMUL",),
+        ),
         "binary": (binary, [(1, 4, 4, 8), (1, 4, 4, 8)], ("ADD", "SUB", "MUL", "SQUARED_DIFFERENCE")),
         "broadcast": (broadcast, [(1, 4, 4, 8), (1, 1, 4, 1)], ("ADD", "SUB", "MUL", "SQUARED_DIFFERENCE")),
         "unary": (unary, [(1, 4, 4, 8)], ("RELU", "LEAKY_RELU")),
@@ -131,6 +136,7 @@ CASE_NAMES = (
     "fc",
     "bmm",
     "bmm4d",
+    "bmm_broadcast",
     "binary",
     "broadcast",
     "unary",
@@ -181,10 +187,8 @@ def float_models(core_cases: dict[str, Case], tmp_path_factory: pytest.TempPathF
 
 def _load_float(path: Path, monkeypatch: pytest.MonkeyPatch) -> Graph:
     """Reads a float model (the reader refuses those for the CLI; the kernels support them)."""
-    import tinytrain.frontends.tflite as reader
-
-    monkeypatch.setattr(reader._Reader, "_check_quantized", staticmethod(lambda ops, tensors: None))
-    return reader.load_tflite(path)
+    del monkeypatch
+    return load_tflite(path, allow_float=True)
 
 
 def _compare(
@@ -293,3 +297,23 @@ def test_per_tensor_weights_and_rank3_dense_match_tflm(per_tensor_models: list[t
         xs = np.random.default_rng(3).integers(-128, 128, (5, *shape[1:])).astype(np.int8)
         _compare(graph, model, [xs], ())
     assert per_tensor_seen >= 4  # conv, depthwise and both dense layers of the last model
+
+
+@pytest.mark.slow
+def test_mobilenetv2_matches_tflm(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keras MobileNetV2 (alpha 0.35, 96×96, random weights), end to end, batched."""
+    import keras
+
+    from tinytrain.frontends.keras_convert import convert_keras
+    from tinytrain.frontends.tflite import load_tflite
+
+    keras.utils.set_random_seed(3)
+    net = keras.applications.MobileNetV2(
+        input_shape=(96, 96, 3), alpha=0.35, weights=None, classes=10, classifier_activation=None
+    )
+    calib = np.random.default_rng(0).uniform(-1, 1, (8, 96, 96, 3)).astype(np.float32)
+    model = convert_keras(net, calib)
+    graph = load_tflite(model)
+    assert sum(op.kind.value == "DEPTHWISE_CONV_2D" for op in graph.ops) == 17
+    xs = np.random.default_rng(1).integers(-128, 128, (4, 96, 96, 3)).astype(np.int8)
+    _compare(graph, model, [xs], ("CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "MEAN", "FULLY_CONNECTED"))

@@ -39,8 +39,11 @@ _COMPUTE_OPS = frozenset(
 )
 
 
-def load_tflite(source: str | Path | bytes | bytearray) -> Graph:
-    """Reads a .tflite model (path or bytes) into a verified IR graph."""
+def load_tflite(source: str | Path | bytes | bytearray, *, allow_float: bool = False) -> Graph:
+    """Reads a .tflite model (path or bytes) into a verified IR graph.
+
+    Float models are refused unless ``allow_float`` (tests of the float kernels use it).
+    """
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)
         name = "model"
@@ -51,7 +54,7 @@ def load_tflite(source: str | Path | bytes | bytearray) -> Graph:
         except OSError as exc:
             raise ModelFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
         name = path.stem
-    return _Reader(data, name).graph()
+    return _Reader(data, name, allow_float).graph()
 
 
 def _parse(data: bytes) -> Any:
@@ -89,9 +92,10 @@ def _ints(value: object) -> tuple[int, ...]:
 
 
 class _Reader:
-    def __init__(self, data: bytes, name: str) -> None:
+    def __init__(self, data: bytes, name: str, allow_float: bool = False) -> None:
         self.data = data
         self.name = name
+        self.allow_float = allow_float
         self.model = _parse(data)
 
     def graph(self) -> Graph:
@@ -122,7 +126,8 @@ class _Reader:
         input_set = set(graph_inputs)
         tensors = tuple(self._tensor(i, t, names[i], i in input_set) for i, t in enumerate(raw_tensors))
         ops = tuple(self._op(i, o, names, len(raw_tensors)) for i, o in enumerate(sg.operators or []))
-        self._check_quantized(ops, tensors)
+        if not self.allow_float:
+            self._check_quantized(ops, tensors)
         graph = Graph(
             name=_text(sg.name, self.name) if sg.name else self.name,
             tensors=tensors,

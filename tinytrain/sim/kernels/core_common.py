@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TypeVar
 
 import numpy as np
 
@@ -29,8 +28,6 @@ INT8_MAX = 127
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-A = TypeVar("A")
 
 
 def unsupported(op: Op, detail: str) -> UnsupportedOpError:
@@ -70,25 +67,10 @@ def tensor_at(op: Op, inputs: Sequence[Tensor | None], i: int) -> Tensor:
     return t
 
 
-def optional_at(inputs: Sequence[Tensor | None], i: int) -> Tensor | None:
-    return inputs[i] if i < len(inputs) else None
-
-
-def attrs_of(op: Op, cls: type[A]) -> A:
-    if not isinstance(op.attrs, cls):
-        raise graph_error(op, f"attributes must be {cls.__name__}, got {type(op.attrs).__name__}")
-    return op.attrs
-
-
 def check_dtype(op: Op, t: Tensor, allowed: Sequence[DType], role: str) -> None:
     if t.dtype not in allowed:
         names = ", ".join(d.value for d in allowed)
         raise unsupported(op, f"{role} {t.name!r} has type {t.dtype.value}, supported: {names}")
-
-
-def check_same_dtype(op: Op, a: Tensor, b: Tensor) -> None:
-    if a.dtype is not b.dtype:
-        raise graph_error(op, f"{a.name!r} is {a.dtype.value} but {b.name!r} is {b.dtype.value}")
 
 
 def check_rank(op: Op, t: Tensor, ranks: Sequence[int], role: str) -> None:
@@ -197,27 +179,6 @@ def broadcast_shape(op: Op, a: Sequence[int], b: Sequence[int]) -> tuple[int, ..
         return tuple(int(d) for d in np.broadcast_shapes(tuple(a), tuple(b)))
     except ValueError:
         raise graph_error(op, f"shapes {list(a)} and {list(b)} do not broadcast") from None
-
-
-def check_finite_scale(op: Op, scale: float, role: str) -> None:
-    if not (math.isfinite(scale) and scale > 0.0):
-        raise graph_error(op, f"{role} scale must be finite and > 0, got {scale!r}")
-
-
-def leading_one(t: Tensor) -> bool:
-    """True when the tensor's first dimension is the (size 1) batch axis."""
-    return len(t.shape) >= 1 and t.shape[0] == 1
-
-
-def batched(shape: Sequence[int], ir_in: Sequence[int], runtime_in: Sequence[int]) -> tuple[int, ...]:
-    """The runtime shape of an output whose IR shape is ``shape``.
-
-    When the runtime input carries N samples where the IR input shape has 1 on axis 0,
-    axis 0 of the output becomes N; otherwise the IR shape is used as is.
-    """
-    if tuple(runtime_in) == tuple(ir_in) or len(shape) == 0:
-        return tuple(shape)
-    return (int(runtime_in[0]), *tuple(shape[1:]))
 
 
 def runtime_shape(ir_shape: Sequence[int], total: int) -> tuple[int, ...]:

@@ -19,6 +19,10 @@ requantizes per output channel. Here:
 * int32 wrap-around of the C accumulator is reproduced whenever ``B_c + |bias_eff|``
   could exceed int32 (see :mod:`core_requant`).
 * The filter zero point is ignored, as TFLite Micro's int8 kernels do.
+* Speed: the work is split in blocks of about ``BLOCK`` output values (matmul tiles of
+  at most 2^18 multiply-adds, see :func:`tiled_matmul`), so that the float accumulators
+  and the int64 requantization scratch stay in cache. Tiling cannot change the result:
+  every partial sum is exact.
 
 float32 path (``reference_ops::Conv`` / ``DepthwiseConv``): the C code adds the products
 one tap at a time into a float ``total`` (order: filter row, filter column, input

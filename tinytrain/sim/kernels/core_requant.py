@@ -11,11 +11,14 @@ expression that numpy evaluates in a few in-place int64 passes:
   ``a = q = INT32_MIN``, cannot happen: ``q`` is never negative here).
 * ``RoundingDivideByPOT(t, r)`` for ``r > 0`` rounds half away from zero:
   ``floor((t + 2^(r-1) - [t < 0]) / 2^r)``; for ``r = 0`` it is ``t``.
-* Nested floor divisions by positive integers compose, so with ``n = [a·q < -2^30]``
-  (which is ``[t < 0]``): ``result = floor((a·q + 2^30 + 2^(30+r) - n·2^31) / 2^(31+r))``.
-  The output zero point folds into the same numerator (``+ zp·2^(31+r)``) when the bound
-  check shows no int64 overflow, and a constant bias ``b`` folds in as ``+ b·q``
-  (with threshold ``a·q < -2^30 - b·q``).
+* Nested floor divisions by positive integers compose, so with ``y = a·q + 2^30`` and
+  ``n = [y < 0]`` (which is ``[t < 0]``):
+  ``result = floor((y + 2^(30+r) - n·2^31) / 2^(31+r))``. numpy computes ``n·2^31`` from
+  the sign bit (``(y >> 63) & -2^31``). A constant bias ``b`` folds into ``y`` as
+  ``+ b·q``, the output zero point into the numerator as ``+ zp·2^(31+r)``, and
+  per-channel shifts become one scalar shift by scaling channel ``c``'s terms by
+  ``2^(R_max − R_c)`` (floors are unchanged by scaling numerator and divisor alike) —
+  each only when the int64 bound check allows it.
 
 All magnitudes are bounded in ``prepare`` (Python ints) so that no int64 intermediate can
 overflow; when a bound is not met (huge bias or accumulator that could wrap int32 in C,
@@ -149,14 +152,27 @@ def make_requantizer(
     fold_zp = bound + max(abs(a) for a in folded) < _I64_SAFE
     if not fold_zp and bound + max(abs(a) for a in base) >= _I64_SAFE:  # pragma: no cover - guarded by fast
         raise ValueError("requantization constants overflow int64")
+    q_l = list(qs)
+    add1 = [(1 << 30) + b * q for b, q in zip(biases, qs, strict=True)]
+    mask = [-(1 << 31) if r > 0 else 0 for r in rights]
+    add2 = [((1 << (30 + r)) if r > 0 else 0) + ((zero_point << (31 + r)) if fold_zp else 0) for r in rights]
+    rsh = [31 + r for r in rights]
+    # A per-channel right shift costs a broadcast pass; scaling every term of channel c by
+    # 2^(R_max - R_c) gives the same floor with one scalar shift, when int64 has room.
+    k = [max(rsh) - r for r in rsh]
+    scaled_bound = (bound + max(abs(a) + abs(b) for a, b in zip(add1, add2, strict=True))) << max(k)
+    if max(k) > 0 and scaled_bound < _I64_SAFE:
+        q_l = [v << kc for v, kc in zip(q_l, k, strict=True)]
+        add1 = [v << kc for v, kc in zip(add1, k, strict=True)]
+        mask = [v << kc for v, kc in zip(mask, k, strict=True)]
+        add2 = [v << kc for v, kc in zip(add2, k, strict=True)]
+        rsh = [max(rsh)] * n
     return Requantizer(
-        q=_compact(qs),
-        add1=_compact([(1 << 30) + b * q for b, q in zip(biases, qs, strict=True)]),
-        neg_mask=_compact([-(1 << 31) if r > 0 else 0 for r in rights]),
-        add2=_compact(
-            [((1 << (30 + r)) if r > 0 else 0) + ((zero_point << (31 + r)) if fold_zp else 0) for r in rights]
-        ),
-        rshift=_compact([31 + r for r in rights]),
+        q=_compact(q_l),
+        add1=_compact(add1),
+        neg_mask=_compact(mask),
+        add2=_compact(add2),
+        rshift=_compact(rsh),
         has_neg=any(r > 0 for r in rights),
         zp_after=0 if fold_zp else zero_point,
         lo=lo,
