@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tinytrain.frontends.tflite import load_tflite
 from tinytrain.ir.graph import Graph
 from tinytrain.sim.forward import Simulator
 from tinytrain.testing.tflm import run_tflm
