@@ -1,0 +1,128 @@
+"""The training-program pass: model + resolved scheme → a static training program.
+
+The program is, for one sample: the forward pass (the frozen stage as row-streamed
+fused blocks, then the ops that training needs, saving 1-bit clamp masks and the
+trained input channels as it goes), the softmax cross-entropy gradient of the logits,
+and the backward pass in reverse op order, pruned to exactly what the scheme needs:
+an op's input gradient is computed only when a trained layer lies upstream of that
+input, and each layer's parameters are updated right after its gradients (after its
+input gradient, which uses the old weights), so no gradient buffer of one layer lives
+while another layer runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tinytrain.errors import UsageError
+from tinytrain.ir.graph import Graph
+from tinytrain.ir.ops import Op
+from tinytrain.passes.fuse_blocks import FusedGraph, fuse_frozen_blocks
+from tinytrain.train.grad_rules import GRAD_RULES, BackwardParams, BackwardRequest, prepare_backward
+from tinytrain.train.kernels.loss import SoftmaxCEParams, prepare_softmax_ce
+from tinytrain.train.layers import Layer
+from tinytrain.train.scheme import LayerPlan, ResolvedScheme
+
+
+@dataclass(frozen=True)
+class BackwardStep:
+    """The backward of one op (and the update of its parameters, when it trains)."""
+
+    op_index: int
+    params: BackwardParams
+    layer: LayerPlan | None  # set for linear layers (trained or not)
+
+    @property
+    def op(self) -> Op:
+        return self.params.op
+
+    @property
+    def trains(self) -> bool:
+        return self.params.update is not None
+
+
+@dataclass(frozen=True)
+class TrainingProgram:
+    graph: Graph  # the model being trained (logits as its only output)
+    scheme: ResolvedScheme
+    fused: FusedGraph  # the forward execution units (fused frozen blocks + single ops)
+    first_live_op: int  # ops before this one need nothing for the backward pass
+    backward: tuple[BackwardStep, ...]  # in execution order (reverse op order)
+    loss: SoftmaxCEParams
+    logits: str
+
+    @property
+    def trained_layers(self) -> tuple[LayerPlan, ...]:
+        return self.scheme.trained
+
+    def backward_of(self, op_index: int) -> BackwardStep | None:
+        for b in self.backward:
+            if b.op_index == op_index:
+                return b
+        return None
+
+
+def _descendants_of_trained(graph: Graph, trained_ops: set[int]) -> set[str]:
+    """Tensors whose value depends on a trained parameter (they need a gradient)."""
+    out: set[str] = set()
+    for i, op in enumerate(graph.ops):
+        if i in trained_ops or any(n in out for n in op.inputs if n is not None):
+            out.update(op.outputs)
+    return out
+
+
+def _reaching_loss(graph: Graph, logits: str) -> set[str]:
+    """Tensors on a path to the logits (a gradient can flow back into them)."""
+    out = {logits}
+    for op in reversed(graph.ops):
+        if any(n in out for n in op.outputs):
+            out.update(n for n in op.inputs if n is not None and graph.tensor(n).data is None)
+    return out
+
+
+def build_training_program(graph: Graph, scheme: ResolvedScheme) -> TrainingProgram:
+    if len(graph.outputs) != 1:
+        raise UsageError(f"training needs a model with one output (the logits), this one has {len(graph.outputs)}")
+    logits = graph.outputs[0]
+    plans = {p.layer.op_index: p for p in scheme.layers}
+    trained = {i for i, p in plans.items() if p.trains_bias or p.trains_weights}
+    if not trained:
+        raise UsageError(f"scheme {scheme.name!r} trains nothing")
+    needs_grad = _descendants_of_trained(graph, trained)
+    on_path = _reaching_loss(graph, logits)
+    steps: list[BackwardStep] = []
+    for i in range(len(graph.ops) - 1, -1, -1):
+        op = graph.ops[i]
+        if not any(n in on_path for n in op.outputs) or not any(n in needs_grad for n in op.outputs):
+            continue
+        rule = GRAD_RULES.get(op.kind)
+        if rule is None:
+            raise UsageError(
+                f"{op.describe()} lies between a trained layer and the loss, and {op.kind.value} has no gradient rule"
+            )
+        grads = frozenset(k for k in rule.grad_inputs if op.inputs[k] in needs_grad and op.inputs[k] in on_path)
+        plan = plans.get(i)
+        request = BackwardRequest(
+            input_grads=grads,
+            weight_channels=plan.channels if plan is not None else (),
+            bias=bool(plan is not None and plan.trains_bias and _has_bias(plan.layer)),
+        )
+        if not request.input_grads and not request.weight_channels and not request.bias:
+            continue
+        steps.append(BackwardStep(i, prepare_backward(op, graph.op_inputs(op), graph.op_outputs(op), request), plan))
+    first_live = min(trained)
+    keep = {n for s in steps for n in s.op.inputs if n is not None}
+    fused = fuse_frozen_blocks(graph, first_live, keep=keep)
+    return TrainingProgram(
+        graph=graph,
+        scheme=scheme,
+        fused=fused,
+        first_live_op=first_live,
+        backward=tuple(steps),
+        loss=prepare_softmax_ce(graph.tensor(logits)),
+        logits=logits,
+    )
+
+
+def _has_bias(layer: Layer) -> bool:
+    return layer.bias is not None

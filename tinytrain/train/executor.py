@@ -1,0 +1,198 @@
+"""Runs a :class:`TrainingProgram` in the simulator: one integer-only training step per
+sample, exactly as the generated C will.
+
+The executor holds the trainable state (the current int8 weights and int32 biases of
+the trained layers, the xorshift32 PRNG state) and runs, per sample, the live part of
+the forward pass (ops from ``first_live_op``; the frozen stage before it is computed by
+the caller, see :class:`tinytrain.train.loop.Trainer`), the loss gradient, and the
+backward steps with their in-place updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from tinytrain.errors import UsageError
+from tinytrain.ir.graph import Graph
+from tinytrain.ir.tensor import Tensor
+from tinytrain.sim.fixedpoint import rounding_divide_by_pot
+from tinytrain.sim.kernels import KERNELS
+from tinytrain.train.build import TrainingProgram
+from tinytrain.train.data import fmix32
+from tinytrain.train.grad_rules import Saved, apply_update, run_backward, save_forward
+from tinytrain.train.kernels.gradient import Grad, normalize
+from tinytrain.train.kernels.loss import softmax_ce_grad
+from tinytrain.train.kernels.prng import seed_state
+
+# Alignment of two gradients before they are summed (docs/numerics.md, "Gradient sum").
+SUM_GUARD_BITS = 16
+
+
+def add_grads(a: Grad, b: Grad) -> Grad:
+    """Sum of two gradients of one tensor (a tensor read by two ops, e.g. a residual):
+    the larger exponent keeps 16 guard bits, the smaller term is shifted to match
+    (rounding half away from zero when it moves right), then ``normalize``."""
+    hi, lo = (a, b) if a.e >= b.e else (b, a)
+    d = hi.e - lo.e
+    e_acc = hi.e - SUM_GUARD_BITS
+    acc_hi = hi.g.astype(np.int64) << SUM_GUARD_BITS
+    if d >= SUM_GUARD_BITS:
+        acc_lo = rounding_divide_by_pot(lo.g.astype(np.int64), d - SUM_GUARD_BITS)
+    else:
+        acc_lo = lo.g.astype(np.int64) << (SUM_GUARD_BITS - d)
+    return normalize(acc_hi + acc_lo, e_acc)
+
+
+def update_prng_seed(seed: int) -> int:
+    """The stochastic-rounding PRNG's initial state for a run seed: MurmurHash3's
+    finalizer of ``seed + 0x2545F491`` (mod 2^32), 0x9E3779B9 if that is 0."""
+    return fmix32((seed + 0x2545F491) % (1 << 32)) or 0x9E3779B9
+
+
+@dataclass(frozen=True)
+class StepResult:
+    p_label: int  # probability of the label, in units of 2^-16 (loss = −ln(p/65536))
+    predicted: int  # argmax of the logits
+
+
+class Executor:
+    def __init__(self, program: TrainingProgram, seed: int) -> None:
+        self.program = program
+        graph = program.graph
+        self.weights: dict[int, np.ndarray] = {}
+        self.biases: dict[int, np.ndarray] = {}
+        for plan in program.trained_layers:
+            lay = plan.layer
+            w = graph.tensor(lay.weight).data
+            assert w is not None
+            self.weights[lay.op_index] = np.array(w, copy=True)
+            if lay.bias is not None:
+                b = graph.tensor(lay.bias).data
+                assert b is not None
+                self.biases[lay.op_index] = np.array(b, copy=True)
+        self.prng = seed_state(update_prng_seed(seed))
+        self._prepared: dict[int, Any] = {}
+        for i in range(program.first_live_op, len(graph.ops)):
+            self._prepare(i)
+
+    # ------------------------------------------------------------------ weights
+
+    def _current_inputs(self, i: int) -> tuple[Tensor | None, ...]:
+        graph = self.program.graph
+        op = graph.ops[i]
+        ins = list(graph.op_inputs(op))
+        if i in self.weights:
+            w = ins[1]
+            assert w is not None
+            ins[1] = replace(w, data=self.weights[i])
+        if i in self.biases and len(ins) > 2 and ins[2] is not None:
+            ins[2] = replace(ins[2], data=self.biases[i])
+        return tuple(ins)
+
+    def _prepare(self, i: int) -> None:
+        graph = self.program.graph
+        op = graph.ops[i]
+        spec = KERNELS[op.kind]
+        self._prepared[i] = spec.prepare(op, self._current_inputs(i), graph.op_outputs(op))
+
+    def current_graph(self) -> Graph:
+        """The model with the current trained parameters (for evaluation and export)."""
+        graph = self.program.graph
+        new: dict[str, np.ndarray] = {}
+        for i, w in self.weights.items():
+            w_name = graph.ops[i].inputs[1]
+            assert w_name is not None
+            new[w_name] = w
+        for i, b in self.biases.items():
+            b_name = graph.ops[i].inputs[2]
+            assert b_name is not None
+            new[b_name] = b
+        tensors = tuple(replace(t, data=new[t.name]) if t.name in new else t for t in graph.tensors)
+        return replace(graph, tensors=tensors)
+
+    def trained_tensors(self) -> dict[str, np.ndarray]:
+        """Every trained tensor by its model tensor name."""
+        graph = self.program.graph
+        out: dict[str, np.ndarray] = {}
+        for i, w in self.weights.items():
+            out[str(graph.ops[i].inputs[1])] = w
+        for i, b in self.biases.items():
+            out[str(graph.ops[i].inputs[2])] = b
+        return out
+
+    def load_tensors(self, tensors: Mapping[str, np.ndarray]) -> None:
+        graph = self.program.graph
+        for i in list(self.weights):
+            name = str(graph.ops[i].inputs[1])
+            if name in tensors:
+                self.weights[i] = np.asarray(tensors[name], dtype=np.int8).reshape(self.weights[i].shape)
+        for i in list(self.biases):
+            name = str(graph.ops[i].inputs[2])
+            if name in tensors:
+                self.biases[i] = np.asarray(tensors[name], dtype=np.int32).reshape(self.biases[i].shape)
+        for i in set(self.weights) | set(self.biases):
+            self._prepare(i)
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self, live_inputs: Mapping[str, np.ndarray], label: int, lr: tuple[int, int], c_t: int) -> StepResult:
+        """One training step on one sample. ``live_inputs`` holds the boundary tensors of
+        the live part (shape with batch 1), as computed by the frozen stage."""
+        program = self.program
+        graph = program.graph
+        values: dict[str, np.ndarray] = dict(live_inputs)
+        saved: dict[int, Saved] = {}
+        for i in range(program.first_live_op, len(graph.ops)):
+            op = graph.ops[i]
+            args = [None if n is None else self._value(n, values) for n in op.inputs]
+            if i in self.weights:
+                args[1] = self.weights[i]
+            if i in self.biases and len(args) > 2:
+                args[2] = self.biases[i]
+            outs = KERNELS[op.kind].run(self._prepared[i], args)
+            for name, y in zip(op.outputs, outs, strict=True):
+                values[name] = y
+            bstep = program.backward_of(i)
+            if bstep is not None and (bstep.params.clamp is not None or bstep.params.save_channels):
+                saved[i] = save_forward(bstep.params, args, outs)
+        logits = values[program.logits]
+        g_logits, p_label = softmax_ce_grad(program.loss, logits, label)
+        grads: dict[str, Grad] = {program.logits: g_logits}
+        c = np.int64(c_t)
+        for bstep in program.backward:
+            op = bstep.op
+            g_out = grads.pop(op.outputs[0], None)
+            if g_out is None:
+                raise UsageError(f"{op.describe()}: no gradient reached this op's output")
+            i = bstep.op_index
+            weight = self.weights.get(i)
+            if weight is None and 0 in bstep.params.request.input_grads and bstep.layer is not None:
+                w_name = op.inputs[1]
+                assert w_name is not None
+                weight = graph.tensor(w_name).data
+            res = run_backward(bstep.params, g_out, saved.pop(i, Saved()), weight)
+            for k, g in res.input_grads.items():
+                target = op.inputs[k]
+                assert target is not None
+                grads[target] = add_grads(grads[target], g) if target in grads else g
+            if bstep.trains:
+                new_w, new_b = apply_update(
+                    bstep.params, res, self.weights.get(i), self.biases.get(i), lr, int(c), self.prng
+                )
+                if new_w is not None:
+                    self.weights[i] = new_w
+                if new_b is not None:
+                    self.biases[i] = new_b
+                self._prepare(i)
+        return StepResult(p_label=p_label, predicted=int(np.argmax(logits.reshape(-1))))
+
+    def _value(self, name: str, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        t = self.program.graph.tensor(name)
+        if t.data is not None:
+            return t.data
+        return values[name]
+

@@ -1,0 +1,230 @@
+"""The gradient rule table: ``OpKind -> GradRule``, one short rule per differentiable op.
+
+A rule says declaratively what an op's backward needs and produces:
+
+* ``grad_inputs``: the op inputs that can receive a gradient;
+* ``trainable``: whether the op has a weight (input 1) and an optional bias (input 2);
+* ``clamp_mask``: whether the backward multiplies the output gradient by the 1-bit
+  clamp mask of output 0 (the ReLU / ReLU6 / saturation folded into requantization),
+  which the forward pass must then record;
+* ``prepare``: the compile-time kernel params (``(op, inputs, outputs) -> params``);
+* ``run``: ``(params, masked output gradient, saved values, current weight, request)
+  -> BackwardResult``.
+
+The caller decides what it needs with a :class:`BackwardRequest` (the input gradient only
+when a trainable layer lies upstream; which input channels' weights train; whether the
+bias trains). A backward pass drives the table like this::
+
+    for op in reversed(graph.ops):
+        bp = prepare_backward(op, graph.op_inputs(op), outputs, request_for(op))  # compile time
+        ...
+        saved = save_forward(bp, args, outs)  # in the forward pass, right after the op ran
+        ...
+        res = run_backward(bp, grad_of[op.outputs[0]], saved, weight)  # backward pass
+        for i, g in res.input_grads.items(): accumulate(op.inputs[i], g)
+        new_w, new_b = apply_update(bp, res, weight, bias, lr, c_t, prng_state)
+
+All arithmetic is in :mod:`tinytrain.train.kernels` (integer only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from tinytrain.errors import UsageError
+from tinytrain.ir.ops import Op, OpKind
+from tinytrain.sim.kernel_spec import Inputs, Outputs
+from tinytrain.train.kernels import linear_bwd, pool_bwd, shape_bwd
+from tinytrain.train.kernels.gradient import Grad
+from tinytrain.train.kernels.mask import apply_mask, clamp_mask
+from tinytrain.train.kernels.update import UpdateParams, prepare_update, update_bias, update_weights
+
+
+@dataclass(frozen=True)
+class BackwardRequest:
+    """What the caller wants from one op's backward."""
+
+    input_grads: frozenset[int] = frozenset({0})  # op inputs whose gradient is needed
+    weight_channels: tuple[int, ...] = ()  # input channels (depthwise: channels) whose weights train
+    bias: bool = False  # the bias trains
+
+
+@dataclass(frozen=True)
+class Saved:
+    """Forward values kept for the backward: the packed clamp mask of output 0 and the
+    trained input channels of input 0."""
+
+    mask: np.ndarray | None = None
+    x_sub: np.ndarray | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class BackwardResult:
+    input_grads: dict[int, Grad] = field(default_factory=dict)  # op input index -> gradient
+    weight_grad: np.ndarray | None = None  # int64, layout of w[..., channels]; real G·s_in·2^e
+    bias_grad: np.ndarray | None = None  # int64 [cout]; real B·2^e
+    param_exponent: int = 0  # e: the exponent of the (masked) output gradient
+
+
+RunFn = Callable[[Any, Grad, Saved, np.ndarray | None, BackwardRequest], BackwardResult]
+
+
+@dataclass(frozen=True)
+class GradRule:
+    grad_inputs: tuple[int, ...]
+    prepare: Callable[[Op, Inputs, Outputs], Any]
+    run: RunFn
+    clamp_mask: bool = False
+    trainable: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class BackwardParams:
+    """Everything compile-time about one op's backward."""
+
+    op: Op
+    rule: GradRule
+    request: BackwardRequest
+    kernel: Any
+    clamp: tuple[int, int] | None  # (act_min, act_max): the forward saves the clamp mask of output 0
+    update: UpdateParams | None  # set when a weight or the bias trains
+
+    @property
+    def save_channels(self) -> tuple[int, ...]:
+        """Channels of input 0 the forward saves (for the weight gradient)."""
+        return self.request.weight_channels
+
+
+# ------------------------------------------------------------------------ the rules
+
+
+def _linear(
+    kp: linear_bwd.LinearBwdParams, g: Grad, saved: Saved, w: np.ndarray | None, req: BackwardRequest
+) -> BackwardResult:
+    grads = {}
+    if 0 in req.input_grads:
+        if w is None:
+            raise UsageError("the input gradient of a linear layer needs its current weights")
+        grads[0] = linear_bwd.input_grad(kp, w, g)
+    wg = None
+    if req.weight_channels:
+        if saved.x_sub is None:
+            raise UsageError("the weight gradient needs the input channels saved in the forward pass")
+        wg = linear_bwd.weight_grad(kp, g, saved.x_sub, req.weight_channels)
+    bg = linear_bwd.bias_grad(kp, g) if req.bias else None
+    return BackwardResult(grads, wg, bg, g.e)
+
+
+def _add(
+    kp: shape_bwd.AddBwdParams, g: Grad, saved: Saved, w: np.ndarray | None, req: BackwardRequest
+) -> BackwardResult:
+    both = shape_bwd.add_input_grads(kp, g)
+    return BackwardResult({i: both[i] for i in sorted(req.input_grads)}, param_exponent=g.e)
+
+
+def _unary(fn: Callable[[Any, Grad], Grad]) -> RunFn:
+    def run(kp: Any, g: Grad, saved: Saved, w: np.ndarray | None, req: BackwardRequest) -> BackwardResult:
+        return BackwardResult({0: fn(kp, g)} if 0 in req.input_grads else {}, param_exponent=g.e)
+
+    return run
+
+
+_LINEAR = GradRule((0,), linear_bwd.prepare_linear_backward, _linear, clamp_mask=True, trainable=True)
+_POOL = _unary(pool_bwd.pool_input_grad)
+_PAD = GradRule((0,), shape_bwd.prepare_pad_backward, _unary(shape_bwd.pad_input_grad))
+_RESHAPE = GradRule((0,), shape_bwd.prepare_reshape_backward, _unary(shape_bwd.reshape_input_grad))
+
+GRAD_RULES: MappingProxyType[OpKind, GradRule] = MappingProxyType(
+    {
+        OpKind.CONV_2D: _LINEAR,
+        OpKind.DEPTHWISE_CONV_2D: _LINEAR,
+        OpKind.FULLY_CONNECTED: _LINEAR,
+        OpKind.ADD: GradRule((0, 1), shape_bwd.prepare_add_backward, _add, clamp_mask=True),
+        OpKind.MEAN: GradRule((0,), pool_bwd.prepare_mean_backward, _POOL),
+        OpKind.AVERAGE_POOL_2D: GradRule((0,), pool_bwd.prepare_avg_pool_backward, _POOL),
+        OpKind.PAD: _PAD,
+        OpKind.PADV2: _PAD,
+        OpKind.RESHAPE: _RESHAPE,
+        OpKind.SQUEEZE: _RESHAPE,
+        OpKind.EXPAND_DIMS: _RESHAPE,
+    }
+)
+
+
+# ------------------------------------------------------------------------ drivers
+
+
+def prepare_backward(op: Op, inputs: Inputs, outputs: Outputs, request: BackwardRequest) -> BackwardParams:
+    """Compile-time backward of ``op`` for ``request`` (validated against the rule)."""
+    rule = GRAD_RULES.get(op.kind)
+    if rule is None:
+        raise UsageError(f"{op.describe()}: no gradient rule for {op.kind.value}")
+    extra = set(request.input_grads) - set(rule.grad_inputs)
+    if extra:
+        raise UsageError(f"{op.describe()}: input(s) {sorted(extra)} have no gradient")
+    trains = bool(request.weight_channels) or request.bias
+    if trains and not rule.trainable:
+        raise UsageError(f"{op.describe()}: has no trainable parameters")
+    if request.bias and (len(inputs) < 3 or inputs[2] is None):
+        raise UsageError(f"{op.describe()}: has no bias to train")
+    kernel = rule.prepare(op, inputs, outputs)
+    if request.weight_channels:
+        n = kernel.in_channels
+        ch = request.weight_channels
+        if len(set(ch)) != len(ch) or min(ch) < 0 or max(ch) >= n:
+            raise UsageError(f"{op.describe()}: weight channels must be distinct indices in [0, {n}), got {list(ch)}")
+    clamp = kernel.clamp if rule.clamp_mask else None
+    update = prepare_update(op, inputs, outputs) if trains else None
+    return BackwardParams(op, rule, request, kernel, clamp, update)
+
+
+def save_forward(bp: BackwardParams, args: Sequence[np.ndarray | None], outs: Sequence[np.ndarray]) -> Saved:
+    """What the forward pass keeps for ``bp`` from the op's input and output arrays."""
+    mask = clamp_mask(outs[0], *bp.clamp) if bp.clamp is not None else None
+    x_sub = None
+    if bp.save_channels:
+        x = args[0]
+        if x is None:
+            raise UsageError(f"{bp.op.describe()}: the forward input is needed to save its channels")
+        x_sub = linear_bwd.select_input_channels(bp.kernel, x, bp.save_channels)
+    return Saved(mask, x_sub)
+
+
+def run_backward(bp: BackwardParams, g_out: Grad, saved: Saved, weight: np.ndarray | None = None) -> BackwardResult:
+    """The backward of one op: masks the output gradient (when the rule says so) and runs
+    the rule. ``weight``: the op's current int8 weights (needed for a linear input gradient)."""
+    g = g_out
+    if bp.clamp is not None:
+        if saved.mask is None:
+            raise UsageError(f"{bp.op.describe()}: the backward needs the clamp mask saved in the forward pass")
+        g = apply_mask(g_out, saved.mask)
+    return bp.rule.run(bp.kernel, g, saved, weight, bp.request)
+
+
+def apply_update(
+    bp: BackwardParams,
+    res: BackwardResult,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    lr: tuple[int, int],
+    c_t: int,
+    state: np.ndarray,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """SGD step of a linear op's trained parameters: ``(new weight | None, new bias | None)``."""
+    if bp.update is None:
+        return None, None
+    new_w = new_b = None
+    if (res.weight_grad is not None and weight is None) or (res.bias_grad is not None and bias is None):
+        raise UsageError(f"{bp.op.describe()}: the update needs the current weight and bias arrays")
+    if res.weight_grad is not None and weight is not None:
+        new_w = update_weights(
+            bp.update, weight, res.weight_grad, res.param_exponent, bp.request.weight_channels, lr, c_t, state
+        )
+    if res.bias_grad is not None and bias is not None:
+        new_b = update_bias(bp.update, bias, res.bias_grad, res.param_exponent, lr, c_t)
+    return new_w, new_b
