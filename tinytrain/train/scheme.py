@@ -15,7 +15,7 @@ Schemes come from a YAML/JSON file::
       - {layer: 30, update: bias}
 
 or from a preset name with optional parameters: ``last-layer``, ``bias-only``,
-``last-k:K``, ``tte[:bias=N,weights=I-J-K,ratios=R-S-T]``, ``full``.
+``last-k:K``, ``tte[:bias=N,weights=I+J+K,ratios=R+S+T]``, ``full``.
 """
 
 from __future__ import annotations
@@ -180,8 +180,20 @@ def load_scheme_file(path: str | Path) -> Scheme:
 
 # ---------------------------------------------------------------- presets
 
-TTE_DEFAULT_BIAS = 22
-TTE_DEFAULT_WEIGHT_BLOCKS = 4
+# TTE's own MobileNetV2-w0.35 configuration (tiny-training's compilation/mcu_ir_gen.py,
+# "49kb": n_bias_update 16, manual_weight_idx 36-39-40-41-42-45-48-49 of 52 convs,
+# weight_update_ratio 1-1-0-0.25-0.125-0.125-0.125-0.125), written relative to the end so
+# that it maps onto any MobileNetV2-class model (three convs per block).
+TTE_DEFAULT_BIAS = 16
+TTE_DEFAULT_WEIGHTS = (-16, -13, -12, -11, -10, -7, -4, -3)
+TTE_DEFAULT_RATIOS = (1.0, 1.0, 0.0, 0.25, 0.125, 0.125, 0.125, 0.125)
+
+
+def _split_list(text: str) -> list[str]:
+    """Lists are joined by '+' (which allows negative indices) or, as in tiny-training, by '-'."""
+    if "+" in text:
+        return [v for v in text.split("+") if v]
+    return [v for v in text.split("-") if v]
 
 
 def _params(text: str, preset: str, allowed: set[str]) -> dict[str, str]:
@@ -227,38 +239,42 @@ def preset(spec: str, graph: Graph) -> Scheme:
 
 
 def _tte(spec: str, arg: str, layers: tuple[Layer, ...]) -> Scheme:
-    """TTE's recipe: biases of the last N convs, plus the weights of chosen convs at
-    input-channel ratios. Default: the biases of the last 22 layers and the full weights
-    of the 1×1 expansion convs of the last 4 inverted-residual blocks (the configuration
-    of DESIGN.md's float TTE-style row); ``weights`` and ``ratios`` take tiny-training's
-    ``manual_weight_idx`` / ``weight_update_ratio`` (conv indices counted like ours)."""
+    """TTE's recipe: the biases of the last ``bias`` layers, plus the weights of chosen
+    layers at input-channel ratios (tiny-training's ``n_bias_update``,
+    ``manual_weight_idx`` and ``weight_update_ratio``; layer indices count like ours,
+    negative ones from the end). Default: TTE's own MobileNetV2-w0.35 configuration.
+    A ratio of 0 trains that layer's bias only."""
     p = _params(arg, "tte", {"bias", "weights", "ratios"})
     n_bias = _int(p.get("bias", str(TTE_DEFAULT_BIAS)), "tte bias")
     if not 1 <= n_bias <= len(layers):
         raise UsageError(f"tte: bias={n_bias} must be in 1..{len(layers)} for this model")
     if "weights" in p:
-        idx = [_int(v, "tte weights index") for v in p["weights"].split("-") if v]
+        idx = [_int(v, "tte weights index") for v in _split_list(p["weights"])]
+        default_ratios: tuple[float, ...] = (1.0,) * len(idx)
     else:
-        idx = [lay.index for lay in _expansion_convs(layers)[-TTE_DEFAULT_WEIGHT_BLOCKS:]]
+        idx = list(TTE_DEFAULT_WEIGHTS)
+        default_ratios = TTE_DEFAULT_RATIOS
     if "ratios" in p:
         try:
-            ratios = [float(v) for v in p["ratios"].split("-") if v]
+            ratios = [float(v) for v in _split_list(p["ratios"])]
         except ValueError:
-            raise UsageError(f"tte: ratios must be numbers joined by '-', got {p['ratios']!r}") from None
-        if len(ratios) != len(idx):
-            raise UsageError(f"tte: {len(idx)} weight layers but {len(ratios)} ratios")
+            raise UsageError(f"tte: ratios must be numbers joined by '+' or '-', got {p['ratios']!r}") from None
     else:
-        ratios = [1.0] * len(idx)
-    rules: list[LayerRule] = [LayerRule(-i, Update.BIAS) for i in range(2, n_bias + 1)]
-    rules.append(LayerRule(-1, Update.FULL))
+        ratios = list(default_ratios)
+    if len(ratios) != len(idx):
+        raise UsageError(f"tte: {len(idx)} weight layers but {len(ratios)} ratios")
+    rules: dict[int, LayerRule] = {-i: LayerRule(-i, Update.BIAS) for i in range(2, n_bias + 1)}
+    rules[-1] = LayerRule(-1, Update.FULL)
     for i, r in zip(idx, ratios, strict=True):
-        if i < len(layers) - n_bias:
+        pos = resolve_layer(layers, i).index - len(layers)
+        if pos < -n_bias:
             raise UsageError(f"tte: weight layer {i} is not among the last {n_bias} layers whose biases train")
-        if r == 0:
+        if not 0.0 <= r <= 1.0:
+            raise UsageError(f"tte: ratio {r} outside [0, 1]")
+        if r == 0.0 or pos == -1:
             continue
-        rules = [rule for rule in rules if rule.layer != i - len(layers)]
-        rules.append(LayerRule(i, Update.FULL) if r >= 1 else LayerRule(i, Update.CHANNELS, ratio=r))
-    return Scheme(spec, tuple(rules))
+        rules[pos] = LayerRule(pos, Update.FULL) if r >= 1.0 else LayerRule(pos, Update.CHANNELS, ratio=r)
+    return Scheme(spec, tuple(rules.values()))
 
 
 def _expansion_convs(layers: tuple[Layer, ...]) -> list[Layer]:

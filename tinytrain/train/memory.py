@@ -1,0 +1,155 @@
+"""The memory of a training program: every buffer with its lifetime, and the arena plan.
+
+The program runs in *steps*: one per forward unit (a fused frozen block or a single
+op), then the loss, then one per backward step (an op's gradients and, right after,
+its parameter update). Buffers:
+
+* activations: from the step that writes them to the last forward step that reads
+  them (tensors inside fused blocks never exist; the fused kernels' scratch does);
+* saved for the backward pass: 1-bit clamp masks and the trained input channels of
+  a layer's input, from the op's forward step to its backward step;
+* gradients (int16 mantissas + an int32 exponent), from the backward step that
+  produces them to the one that consumes them. An input gradient is computed in two
+  passes (the maximum of its int32 sums, then the normalized int16 values), so no
+  int32 copy of it exists; a weight gradient exists one output channel (int64) at a
+  time, consumed at once by the update;
+* trainable slices (the trained weight channels, int8, and trained biases, int32) and
+  the run state (PRNG, step counter, learning rate), for the whole program.
+
+Frozen weights stay in flash and are not arena buffers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tinytrain.ir.ops import OpKind
+from tinytrain.passes.fuse_blocks import FusedBlock
+from tinytrain.stats import op_macs
+from tinytrain.train.build import TrainingProgram
+from tinytrain.train.kernels.mask import mask_nbytes
+from tinytrain.train.planner import BufferKind, BufferRequest, Plan, plan_buffers, plan_or_raise
+
+STATE_BYTES = 16  # PRNG state, step counter, learning-rate multiplier and shift
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    index: int
+    phase: str  # forward | loss | backward
+    text: str
+
+
+@dataclass(frozen=True)
+class ProgramMemory:
+    requests: tuple[BufferRequest, ...]
+    steps: tuple[StepInfo, ...]
+    trainable_bytes: int
+    flash_bytes: int
+    macs_forward: int
+    macs_backward: int
+
+
+def _grad_bytes(n: int) -> int:
+    return 2 * n + 4
+
+
+def program_memory(program: TrainingProgram) -> ProgramMemory:
+    graph = program.graph
+    units = program.fused.units()
+    steps: list[StepInfo] = []
+    first: dict[str, int] = {n: 0 for n in graph.inputs}
+    last: dict[str, int] = {}
+    requests: list[BufferRequest] = []
+    fwd_step_of_op: dict[int, int] = {}
+    for s, u in enumerate(units):
+        if isinstance(u, FusedBlock):
+            reads: tuple[str | None, ...] = (u.input,)
+            writes: tuple[str, ...] = (u.output,)
+            requests.append(BufferRequest(f"scratch:{u.output}", u.scratch_bytes, s, s, BufferKind.SCRATCH))
+            steps.append(StepInfo(s, "forward", f"fused block ops {u.start}..{u.stop - 1} -> {u.output}"))
+        else:
+            op = graph.ops[u]
+            reads, writes = op.inputs, op.outputs
+            fwd_step_of_op[u] = s
+            steps.append(StepInfo(s, "forward", f"op {u} {op.kind.value} -> {', '.join(op.outputs)}"))
+        for n in reads:
+            if n is not None and graph.tensor(n).data is None:
+                last[n] = s
+        for n in writes:
+            first.setdefault(n, s)
+            last.setdefault(n, s)
+    loss_step = len(units)
+    last[program.logits] = loss_step
+    steps.append(StepInfo(loss_step, "loss", f"softmax cross-entropy gradient of {program.logits}"))
+    for name, f in first.items():
+        requests.append(BufferRequest(f"act:{name}", graph.tensor(name).nbytes, f, last.get(name, f)))
+
+    # Gradients: produced at the first backward step that writes them, consumed at the
+    # backward step of the op that produced the tensor.
+    g_first: dict[str, int] = {program.logits: loss_step}
+    g_last: dict[str, int] = {}
+    trainable = 0
+    macs_bwd = 0
+    for j, b in enumerate(program.backward):
+        s = loss_step + 1 + j
+        op = b.op
+        out = op.outputs[0]
+        g_last[out] = s
+        fs = fwd_step_of_op.get(b.op_index, 0)
+        steps.append(StepInfo(s, "backward", f"backward of op {b.op_index} {op.kind.value}"
+                              + (" + update" if b.trains else "")))
+        if b.params.clamp is not None:
+            n_out = graph.tensor(out).size
+            requests.append(BufferRequest(f"mask:{out}", mask_nbytes(n_out), fs, s, BufferKind.MASK))
+        x_name = op.inputs[0]
+        assert x_name is not None
+        x = graph.tensor(x_name)
+        if b.params.save_channels:
+            per_channel = x.size // x.shape[-1]
+            requests.append(
+                BufferRequest(f"saved:{x_name}@{b.op_index}", per_channel * len(b.params.save_channels), fs, s,
+                              BufferKind.SAVED)
+            )
+        for k in b.params.request.input_grads:
+            target = op.inputs[k]
+            assert target is not None
+            g_first.setdefault(target, s)
+            if op.kind in (OpKind.CONV_2D, OpKind.DEPTHWISE_CONV_2D, OpKind.FULLY_CONNECTED):
+                # Two passes (max of the int32 sums, then the normalized int16 values):
+                # no int32 buffer; twice the MACs.
+                macs_bwd += 2 * op_macs(graph, op)
+        if b.layer is not None and b.params.save_channels:
+            lay = b.layer.layer
+            kh, kw = lay.kernel
+            n_ch = len(b.params.save_channels)
+            w_bytes = lay.out_channels * kh * kw * n_ch if lay.kind is not OpKind.DEPTHWISE_CONV_2D else kh * kw * n_ch
+            trainable += w_bytes
+            requests.append(BufferRequest(f"train:{op.inputs[1]}", w_bytes, 0, 0, BufferKind.TRAINABLE))
+            # One output channel's int64 weight gradient, consumed by its update at once.
+            row = (w_bytes // lay.out_channels if lay.kind is not OpKind.DEPTHWISE_CONV_2D else kh * kw) * 8
+            requests.append(BufferRequest(f"wgrad-row:{op.inputs[1]}", row, s, s, BufferKind.SCRATCH))
+            positions = graph.tensor(out).size // lay.out_channels
+            macs_bwd += positions * w_bytes
+        if b.params.request.bias:
+            lay_b = op.inputs[2]
+            assert lay_b is not None
+            nb = graph.tensor(lay_b).nbytes
+            trainable += nb
+            requests.append(BufferRequest(f"train:{lay_b}", nb, 0, 0, BufferKind.TRAINABLE))
+    for name, f in g_first.items():
+        requests.append(
+            BufferRequest(f"grad:{name}", _grad_bytes(graph.tensor(name).size), f, g_last.get(name, f),
+                          BufferKind.GRADIENT)
+        )
+    requests.append(BufferRequest("state", STATE_BYTES, 0, 0, BufferKind.STATE))
+    flash = sum(t.nbytes for t in graph.tensors if t.data is not None)
+    macs_fwd = sum(op_macs(graph, op) for op in graph.ops)
+    return ProgramMemory(tuple(requests), tuple(steps), trainable, flash, macs_fwd, macs_bwd)
+
+
+def plan_program(memory: ProgramMemory, budget: int | None = None) -> Plan:
+    n = len(memory.steps)
+    if budget is None:
+        return plan_buffers(memory.requests, num_steps=n)
+    return plan_or_raise(memory.requests, budget, num_steps=n)
