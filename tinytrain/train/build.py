@@ -12,11 +12,11 @@ while another layer runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tinytrain.errors import UsageError
 from tinytrain.ir.graph import Graph
-from tinytrain.ir.ops import Op
+from tinytrain.ir.ops import Op, OpKind
 from tinytrain.passes.fuse_blocks import FusedGraph, fuse_frozen_blocks
 from tinytrain.train.grad_rules import GRAD_RULES, BackwardParams, BackwardRequest, prepare_backward
 from tinytrain.train.kernels.loss import SoftmaxCEParams, prepare_softmax_ce
@@ -31,6 +31,13 @@ class BackwardStep:
     op_index: int
     params: BackwardParams
     layer: LayerPlan | None  # set for linear layers (trained or not)
+    # Where the gradient of each op input goes and which tensor the forward saves
+    # channels of: the op's own inputs, except after folding a PAD into a convolution's
+    # backward (then input 0 stands for the PAD's input).
+    targets: tuple[str | None, ...] = ()
+
+    def target(self, k: int) -> str | None:
+        return self.targets[k] if self.targets else self.op.inputs[k]
 
     @property
     def op(self) -> Op:
@@ -110,6 +117,7 @@ def build_training_program(graph: Graph, scheme: ResolvedScheme) -> TrainingProg
         if not request.input_grads and not request.weight_channels and not request.bias:
             continue
         steps.append(BackwardStep(i, prepare_backward(op, graph.op_inputs(op), graph.op_outputs(op), request), plan))
+    steps = _fold_pads(graph, steps)
     first_live = min(trained)
     keep = {n for s in steps for n in s.op.inputs if n is not None}
     fused = fuse_frozen_blocks(graph, first_live, keep=keep)
@@ -122,6 +130,53 @@ def build_training_program(graph: Graph, scheme: ResolvedScheme) -> TrainingProg
         loss=prepare_softmax_ce(graph.tensor(logits)),
         logits=logits,
     )
+
+
+def _fold_pads(graph: Graph, steps: list[BackwardStep]) -> list[BackwardStep]:
+    """Folds a spatial PAD that feeds only a convolution into the convolution's backward:
+    the input gradient is then computed for the unpadded tensor directly (normalized over
+    it), the padded gradient never exists, and the weight gradient reads the unpadded
+    input's saved channels (the pad value is the zero point, so padded taps add 0)."""
+    consumers = graph.consumers()
+    producer = graph.producer()
+    by_op = {s.op_index: s for s in steps}
+    out: list[BackwardStep] = []
+    dropped: set[int] = set()
+    for s in steps:
+        if s.op_index in dropped:
+            continue
+        op = s.op
+        x = op.inputs[0]
+        geom = getattr(s.params.kernel, "geom", None)
+        j = producer.get(x) if x is not None else None
+        pad_step = by_op.get(j) if j is not None else None
+        if (
+            geom is None
+            or x is None
+            or j is None
+            or graph.ops[j].kind is not OpKind.PAD
+            or len(consumers.get(x, ())) != 1
+            or (geom.pad_top, geom.pad_left, geom.pad_bottom, geom.pad_right) != (0, 0, 0, 0)
+            or (pad_step is None and 0 in s.params.request.input_grads)
+        ):
+            out.append(s)
+            continue
+        pad_op = graph.ops[j]
+        pads_t = graph.tensor(str(pad_op.inputs[1])).data
+        assert pads_t is not None
+        pads = [int(v) for v in pads_t.reshape(-1)]
+        if len(pads) != 8 or pads[0:2] != [0, 0] or pads[6:8] != [0, 0]:
+            out.append(s)
+            continue
+        src = str(pad_op.inputs[0])
+        kernel = replace(
+            s.params.kernel,
+            in_shape=graph.tensor(src).shape,
+            geom=replace(geom, pad_top=pads[2], pad_bottom=pads[3], pad_left=pads[4], pad_right=pads[5]),
+        )
+        out.append(replace(s, params=replace(s.params, kernel=kernel), targets=(src, *op.inputs[1:])))
+        dropped.add(j)
+    return out
 
 
 def _has_bias(layer: Layer) -> bool:

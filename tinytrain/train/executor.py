@@ -158,6 +158,9 @@ class Executor:
                 values[name] = y
             bstep = program.backward_of(i)
             if bstep is not None and (bstep.params.clamp is not None or bstep.params.save_channels):
+                src = bstep.target(0)
+                if src is not None and src != op.inputs[0]:
+                    args = [values[src], *args[1:]]
                 saved[i] = save_forward(bstep.params, args, outs)
         logits = values[program.logits]
         g_logits, p_label = softmax_ce_grad(program.loss, logits, label)
@@ -176,7 +179,7 @@ class Executor:
                 weight = graph.tensor(w_name).data
             res = run_backward(bstep.params, g_out, saved.pop(i, Saved()), weight)
             for k, g in res.input_grads.items():
-                target = op.inputs[k]
+                target = bstep.target(k)
                 assert target is not None
                 grads[target] = add_grads(grads[target], g) if target in grads else g
             if bstep.trains:

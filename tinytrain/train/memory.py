@@ -54,7 +54,11 @@ def _grad_bytes(n: int) -> int:
     return 2 * n + 4
 
 
-def program_memory(program: TrainingProgram) -> ProgramMemory:
+def program_memory(program: TrainingProgram, sample_bytes: int | None = None) -> ProgramMemory:
+    """``sample_bytes``: the size of one native sample (e.g. 784 for a 28×28 grey image)
+    when the device preprocesses on the fly; then a stem fused with the first block reads
+    its input rows straight from the preprocessing (its row window is already part of the
+    fused kernel's scratch) and the model-sized input image never exists."""
     graph = program.graph
     units = program.fused.units()
     steps: list[StepInfo] = []
@@ -82,7 +86,19 @@ def program_memory(program: TrainingProgram) -> ProgramMemory:
     loss_step = len(units)
     last[program.logits] = loss_step
     steps.append(StepInfo(loss_step, "loss", f"softmax cross-entropy gradient of {program.logits}"))
+    streamed = (
+        sample_bytes is not None
+        and len(graph.inputs) == 1
+        and bool(units)
+        and isinstance(units[0], FusedBlock)
+        and units[0].input == graph.inputs[0]
+        and last.get(graph.inputs[0]) == 0
+    )
     for name, f in first.items():
+        if streamed and name == graph.inputs[0]:
+            assert sample_bytes is not None
+            requests.append(BufferRequest("sample", sample_bytes, 0, 0))
+            continue
         requests.append(BufferRequest(f"act:{name}", graph.tensor(name).nbytes, f, last.get(name, f)))
 
     # Gradients: produced at the first backward step that writes them, consumed at the
@@ -102,7 +118,7 @@ def program_memory(program: TrainingProgram) -> ProgramMemory:
         if b.params.clamp is not None:
             n_out = graph.tensor(out).size
             requests.append(BufferRequest(f"mask:{out}", mask_nbytes(n_out), fs, s, BufferKind.MASK))
-        x_name = op.inputs[0]
+        x_name = b.target(0)
         assert x_name is not None
         x = graph.tensor(x_name)
         if b.params.save_channels:
@@ -112,7 +128,7 @@ def program_memory(program: TrainingProgram) -> ProgramMemory:
                               BufferKind.SAVED)
             )
         for k in b.params.request.input_grads:
-            target = op.inputs[k]
+            target = b.target(k)
             assert target is not None
             g_first.setdefault(target, s)
             if op.kind in (OpKind.CONV_2D, OpKind.DEPTHWISE_CONV_2D, OpKind.FULLY_CONNECTED):
