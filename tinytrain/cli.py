@@ -106,6 +106,87 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from tinytrain.train.compile import CompileOptions, compile_model, parse_size, plan_json, write_artifact
+    from tinytrain.train.reporting import plot_memory, print_compiled
+
+    sample = None
+    if args.sample_shape:
+        try:
+            dims = [int(v) for v in args.sample_shape.lower().split("x")]
+        except ValueError:
+            raise UsageError(f"--sample-shape must look like 28x28 or 32x32x3, got {args.sample_shape!r}") from None
+        sample = int(np.prod(dims))
+    options = CompileOptions(
+        scheme=args.scheme,
+        classes=args.classes,
+        head_init=args.head_init,
+        seed=args.seed,
+        sram_bytes=parse_size(args.sram),
+        flash_bytes=parse_size(args.flash),
+        sample_bytes=sample,
+    )
+    compiled = compile_model(args.model, options)
+    out = Path(args.output)
+    write_artifact(compiled, out)
+    plot_memory(compiled, out / "memory.png")
+    if args.json:
+        info = plan_json(compiled)
+        print(json.dumps({k: v for k, v in info.items() if k not in ("plan", "steps")}, indent=2))
+    else:
+        console = Console()
+        print_compiled(compiled, console)
+        console.print(f"wrote {out}/ (model.tflite, scheme.json, plan.json, program.txt, memory.png)")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from tinytrain.report import progress_bar
+    from tinytrain.train.compile import load_artifact
+    from tinytrain.train.data import Dataset, load_dataset
+    from tinytrain.train.kernels.schedule import Schedule
+    from tinytrain.train.loop import TrainConfig, Trainer
+    from tinytrain.train.reporting import plot_curves, print_report
+
+    compiled = load_artifact(Path(args.out))
+    train = load_dataset(args.data, "train")
+    test = load_dataset(args.data, "test")
+    if args.train_samples < 1 or args.test_samples < 0:
+        raise UsageError("--train-samples must be >= 1 and --test-samples >= 0")
+    train = Dataset(train.name, train.images[: args.train_samples], train.labels[: args.train_samples])
+    test_ds = Dataset(test.name, test.images[: args.test_samples], test.labels[: args.test_samples])
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, schedule=Schedule(args.schedule), seed=args.seed)
+    trainer = Trainer(compiled.program, train.sample_shape, seed=args.seed)
+    total = args.epochs * len(train)
+    quiet = args.json or args.quiet
+    with progress_bar("train", total, quiet=quiet) as advance:
+        report = trainer.fit(train, test_ds if len(test_ds) else None, config, lambda *_: advance(1))
+    if args.save_weights:
+        np.savez(args.save_weights, **trainer.executor.trained_tensors())  # type: ignore[arg-type]
+    if args.plot:
+        plot_curves(report, Path(args.plot), f"{compiled.scheme.name}: {len(train)} samples, lr {args.lr}")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "test_accuracy": report.test_accuracy,
+                    "train_loss": [e.train_loss for e in report.epochs],
+                    "train_accuracy": [e.train_accuracy for e in report.epochs],
+                    "test_accuracy_per_epoch": [e.test_accuracy for e in report.epochs],
+                    "steps": report.steps,
+                    "scheme": compiled.scheme.name,
+                }
+            )
+        )
+    elif not args.quiet:
+        print_report(report, Console())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinytrain", description="On-device training for microcontrollers.")
     p.add_argument("--version", action="version", version=f"tinytrain {__version__}")
@@ -133,6 +214,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--float-io", action="store_true", help="keep float32 input/output (QUANTIZE/DEQUANTIZE at the edges)"
     )
     s.set_defaults(func=_cmd_convert)
+
+    s = sub.add_parser("compile", help="build a static training program and its memory plan")
+    s.add_argument("model", help=".tflite model or MCUNet .pkl checkpoint")
+    s.add_argument(
+        "--scheme", required=True, help="preset (last-layer, bias-only, last-k:K, tte, full) or a YAML/JSON file"
+    )
+    s.add_argument("--classes", type=int, help="replace the classifier by an N-class head")
+    s.add_argument("--head-init", choices=("zero", "seeded"), default="zero")
+    s.add_argument("--seed", type=int, default=0, help="seed of a seeded head")
+    s.add_argument("--sram", default="256KB", help="SRAM budget (default 256KB)")
+    s.add_argument("--flash", default="1MB", help="flash budget (default 1MB)")
+    s.add_argument("--sample-shape", help="native sample shape (e.g. 28x28) when the device preprocesses on the fly")
+    s.add_argument("-o", "--output", required=True, help="output directory")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_compile)
+
+    s = sub.add_parser("simulate", help="train a compiled program in the bit-exact simulator")
+    s.add_argument("out", help="a `tinytrain compile` output directory")
+    s.add_argument("--data", default="fashion-mnist", help="fashion-mnist or an .npz with x (uint8 images) and y")
+    s.add_argument("--train-samples", type=int, default=1000)
+    s.add_argument("--test-samples", type=int, default=500)
+    s.add_argument("--epochs", type=int, default=1)
+    s.add_argument("--lr", type=float, default=0.01)
+    s.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--save-weights", help=".npz of every trained tensor, by name")
+    s.add_argument("--plot", help="PNG of the training curves")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_simulate)
 
     s = sub.add_parser("export", help="write a model (e.g. an MCUNet checkpoint) as .tflite")
     s.add_argument("model")

@@ -31,7 +31,7 @@ from tinytrain.errors import UsageError
 from tinytrain.frontends.keras_convert import tensorflow_version
 
 # Bump when a model recipe changes, so cached models are rebuilt.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 
 
 def mobilenetv2(

@@ -116,7 +116,12 @@ def build_training_program(graph: Graph, scheme: ResolvedScheme) -> TrainingProg
         )
         if not request.input_grads and not request.weight_channels and not request.bias:
             continue
-        steps.append(BackwardStep(i, prepare_backward(op, graph.op_inputs(op), graph.op_outputs(op), request), plan))
+        params = prepare_backward(op, graph.op_inputs(op), graph.op_outputs(op), request)
+        if logits in op.outputs:
+            # The logits' clamp is int8 saturation, not an activation: the gradient passes
+            # straight through, or a saturated wrong logit could never be pushed down.
+            params = replace(params, clamp=None)
+        steps.append(BackwardStep(i, params, plan))
     steps = _fold_pads(graph, steps)
     first_live = min(trained)
     keep = {n for s in steps for n in s.op.inputs if n is not None}

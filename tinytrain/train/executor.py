@@ -67,10 +67,11 @@ class Executor:
         self.biases: dict[int, np.ndarray] = {}
         for plan in program.trained_layers:
             lay = plan.layer
-            w = graph.tensor(lay.weight).data
-            assert w is not None
-            self.weights[lay.op_index] = np.array(w, copy=True)
-            if lay.bias is not None:
+            if plan.trains_weights:
+                w = graph.tensor(lay.weight).data
+                assert w is not None
+                self.weights[lay.op_index] = np.array(w, copy=True)
+            if lay.bias is not None and plan.trains_bias:
                 b = graph.tensor(lay.bias).data
                 assert b is not None
                 self.biases[lay.op_index] = np.array(b, copy=True)

@@ -128,7 +128,9 @@ def float_model(graph: Graph, *, clamps: Clamps = "activation") -> Any:
         if op.kind in _ACT_OPS:
             y = _clamp(keras, op, outs[0], y, name, clamps)
         values[outs[0].name] = y
-    return keras.Model(inp, [values[n] for n in graph.outputs], name=f"{graph.name}_float".replace("/", "_"))
+    outputs = [values[n] for n in graph.outputs]
+    name = f"{graph.name}_float".replace("/", "_")
+    return keras.Model(inp, outputs[0] if len(outputs) == 1 else outputs, name=name)
 
 
 def _float_op(keras: Any, op: Op, ins: Sequence[Tensor | None], out: Tensor, args: list[Any], name: str) -> Any:
@@ -184,25 +186,26 @@ def _linear(keras: Any, op: Op, ins: Sequence[Tensor | None], out: Tensor, x: An
     if isinstance(a, Conv2DAttrs):
         layer = keras.layers.Conv2D(
             w.shape[0], w.shape[1:3], strides=(a.stride_h, a.stride_w), padding=a.padding.value.lower(),
-            dilation_rate=(a.dilation_h, a.dilation_w), name=name,
+            dilation_rate=(a.dilation_h, a.dilation_w), use_bias=bias_t is not None, name=name,
         )
         kernel = wf.transpose(1, 2, 3, 0)
     elif isinstance(a, DepthwiseConv2DAttrs):
         cin = inp.shape[3]
         layer = keras.layers.DepthwiseConv2D(
             w.shape[1:3], strides=(a.stride_h, a.stride_w), padding=a.padding.value.lower(),
-            depth_multiplier=a.depth_multiplier, dilation_rate=(a.dilation_h, a.dilation_w), name=name,
+            depth_multiplier=a.depth_multiplier, dilation_rate=(a.dilation_h, a.dilation_w),
+            use_bias=bias_t is not None, name=name,
         )
         kernel = wf[0].reshape(w.shape[1], w.shape[2], cin, w.shape[3] // cin)
     elif isinstance(a, FullyConnectedAttrs):
         if len(inp.shape) != 2:
             x = keras.layers.Reshape((w.shape[1],), name=f"{name}_flatten")(x)
-        layer = keras.layers.Dense(w.shape[0], name=name)
+        layer = keras.layers.Dense(w.shape[0], use_bias=bias_t is not None, name=name)
         kernel = wf.T
     else:
         raise _unsupported(op, "unexpected attributes")
     y = layer(x)
-    layer.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    layer.set_weights([kernel.astype(np.float32)] + ([bias.astype(np.float32)] if bias_t is not None else []))
     if isinstance(a, FullyConnectedAttrs) and len(out.shape) != 2:
         y = keras.layers.Reshape(out.shape[1:], name=f"{name}_reshape")(y)
     return y
@@ -325,13 +328,14 @@ def trainable_selection(graph: Graph, trainable: str | Sequence[str]) -> dict[st
 
 
 def select_variables(model: Any, selection: dict[str, frozenset[str]]) -> list[Any]:
-    """The Keras variables of :func:`float_model`'s layers named in ``selection``."""
+    """The Keras variables of :func:`float_model`'s layers named in ``selection`` (a
+    layer without bias contributes its weights only)."""
     chosen: list[Any] = []
     for name, parts in selection.items():
         layer = model.get_layer(name)
         if "weight" in parts:
             chosen.append(layer.depthwise_kernel if hasattr(layer, "depthwise_kernel") else layer.kernel)
-        if "bias" in parts:
+        if "bias" in parts and layer.bias is not None:
             chosen.append(layer.bias)
     return chosen
 
