@@ -123,7 +123,10 @@ def build_training_program(graph: Graph, scheme: ResolvedScheme) -> TrainingProg
             params = replace(params, clamp=None)
         steps.append(BackwardStep(i, params, plan))
     steps = _fold_pads(graph, steps)
-    first_live = min(trained)
+    # A convolution with a folded PAD saves channels of the PAD's input: run the PAD live too.
+    producer = graph.producer()
+    folded = [producer[str(s.op.inputs[0])] for s in steps if s.target(0) != s.op.inputs[0]]
+    first_live = min([*trained, *folded])
     keep = {n for s in steps for n in s.op.inputs if n is not None}
     fused = fuse_frozen_blocks(graph, first_live, keep=keep)
     return TrainingProgram(

@@ -336,5 +336,5 @@ def _check_weight_input(graph: Graph, layer: Layer, scheme_name: str) -> None:
             f"scheme {scheme_name!r}: layer {layer.name} cannot update its weights: its input "
             f"{layer.input!r} is not an int8 activation the backward pass can keep"
         )
-    if layer.kind is OpKind.DEPTHWISE_CONV_2D and graph.tensor(layer.weight).shape[3] != layer.in_channels:
+    if layer.kind is OpKind.DEPTHWISE_CONV_2D and graph.tensor(layer.weight).shape[3] != x.shape[-1]:
         raise UsageError(f"scheme {scheme_name!r}: layer {layer.name}: depth multiplier > 1 cannot train weights")
