@@ -1,0 +1,165 @@
+"""On-device training accuracy and cost on Fashion-MNIST (the training issue's protocol).
+
+Protocol: train on the first N (default 6,000) Fashion-MNIST training images, test on
+the first M (default 2,000) test images; 28×28 → bilinear 128×128, grey → 3 channels,
+[−1, 1] (tinytrain's integer preprocessing); a zero-initialised 10-class head; E epochs
+(default 3); batch 1, integer-only training in the simulator (bit-exact with the
+device). Rows: the int8 schemes (default last-layer, bias-only, tte) and float32 full
+fine-tuning of the same dequantized network in TensorFlow (same data and epochs,
+batch 32, SGD momentum 0.9), measured in this script.
+
+Models: the shipped pretrained MobileNetV2-w0.35 (Fashion-MNIST classes 0–4) and, when
+present, the ImageNet tiny-training checkpoint ``../shared/models/mbv2-w0.35.pkl``.
+
+    python benchmarks/train_fmnist.py [--train-samples 6000] [--test-samples 2000] [--epochs 3]
+
+Writes ``benchmarks/results/train_fmnist.json`` and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+SHARED_PKL = ROOT.parent.parent / "shared" / "models" / "mbv2-w0.35.pkl"
+KB = 1024
+
+
+def int8_row(model: Path, scheme: str, lr: float, args: argparse.Namespace, data: Any) -> dict[str, Any]:
+    from tinytrain.train.compile import CompileOptions, compile_graph, prepare_graph
+    from tinytrain.train.loop import TrainConfig, Trainer
+
+    train, test = data
+    graph = prepare_graph(model, 10, "zero", 0)
+    # Compile without a budget cap to report the real peak; fits = peak ≤ 256 KB.
+    c = compile_graph(graph, scheme, CompileOptions(scheme, sram_bytes=1 << 30, sample_bytes=28 * 28))
+    t0 = time.perf_counter()
+    trainer = Trainer(c.program, train.sample_shape, seed=args.seed)
+    report = trainer.fit(train, test, TrainConfig(epochs=args.epochs, lr=lr, seed=args.seed))
+    wall = time.perf_counter() - t0
+    return {
+        "scheme": scheme,
+        "kind": "int8 on-device (simulated)",
+        "lr": lr,
+        "test_accuracy": report.test_accuracy,
+        "test_accuracy_per_epoch": [e.test_accuracy for e in report.epochs],
+        "train_loss_per_epoch": [e.train_loss for e in report.epochs],
+        "peak_sram_bytes": c.plan.peak_live,
+        "arena_bytes": c.plan.arena_size,
+        "trainable_bytes": c.memory.trainable_bytes,
+        "fits_256kb": c.plan.arena_size <= 256 * KB,
+        "flash_bytes": c.memory.flash_bytes,
+        "macs_forward": c.memory.macs_forward,
+        "macs_backward": c.memory.macs_backward,
+        "wall_seconds": round(wall, 1),
+        "compile_seconds": round(c.seconds, 3),
+    }
+
+
+def float_row(model: Path, args: argparse.Namespace, data: Any) -> dict[str, Any]:
+    from tinytrain.frontends.load import load_model
+    from tinytrain.train.float_baseline import finetune_float
+
+    train, test = data
+    t0 = time.perf_counter()
+    res = finetune_float(
+        load_model(model), train.images, train.labels, test.images, test.labels,
+        classes=10, epochs=args.epochs, batch=32, lr=args.float_lr, trainable="full", seed=args.seed,
+    )
+    return {
+        "scheme": "float32 full fine-tuning (TensorFlow)",
+        "kind": "float32",
+        "lr": args.float_lr,
+        "test_accuracy": float(res["test_accuracy"]),
+        "trainable_parameters": int(res.get("trainable_parameters", 0)),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| model | scheme | test acc. | peak SRAM | fits 256 KB | flash | MACs fwd / bwd | wall time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for block in results:
+        for r in block["rows"]:
+            acc = f"{100 * r['test_accuracy']:.2f}%" if r.get("test_accuracy") is not None else "-"
+            if r["kind"] == "float32":
+                lines.append(f"| {block['model']} | {r['scheme']} | {acc} | – | – | – | – | {r['wall_seconds']} s |")
+                continue
+            lines.append(
+                f"| {block['model']} | {r['scheme']} (lr {r['lr']}) | {acc} | {r['peak_sram_bytes'] / KB:.1f} KB "
+                f"| {'yes' if r['fits_256kb'] else 'no'} | {r['flash_bytes'] / KB:.0f} KB "
+                f"| {r['macs_forward'] / 1e6:.1f} M / {r['macs_backward'] / 1e6:.1f} M | {r['wall_seconds']} s |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train-samples", type=int, default=6000)
+    ap.add_argument("--test-samples", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--schemes", default="last-layer,bias-only,tte")
+    ap.add_argument("--lr", type=float, default=0.01, help="int8 learning rate")
+    ap.add_argument("--float-lr", type=float, default=0.003)
+    ap.add_argument("--no-float", action="store_true")
+    ap.add_argument("--models", default="shipped,imagenet", help="shipped and/or imagenet (needs ../shared)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=RESULTS / "train_fmnist.json")
+    args = ap.parse_args()
+
+    from tinytrain.models.ship import shipped
+    from tinytrain.train.data import Dataset, load_dataset
+
+    tr, te = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
+    data = (
+        Dataset("train", tr.images[: args.train_samples], tr.labels[: args.train_samples]),
+        Dataset("test", te.images[: args.test_samples], te.labels[: args.test_samples]),
+    )
+    models: list[tuple[str, Path]] = []
+    wanted = args.models.split(",")
+    if "shipped" in wanted:
+        models.append(("MobileNetV2-w0.35 @128, Fashion-MNIST 0-4 pretrained (shipped)",
+                       shipped("mbv2-w0.35-128-fmnist04-int8.tflite")))
+    if "imagenet" in wanted and SHARED_PKL.exists():
+        models.append(("MobileNetV2-w0.35 @128, ImageNet (tiny-training .pkl)", SHARED_PKL))
+    results = []
+    for name, path in models:
+        rows = []
+        for scheme in [s for s in args.schemes.split(",") if s]:
+            print(f"[{name}] {scheme} ...", file=sys.stderr, flush=True)
+            rows.append(int8_row(path, scheme, args.lr, args, data))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        if not args.no_float:
+            print(f"[{name}] float32 full fine-tuning ...", file=sys.stderr, flush=True)
+            rows.append(float_row(path, args, data))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        results.append({"model": name, "rows": rows})
+    payload = {
+        "benchmark": "train_fmnist",
+        "protocol": {
+            "train_samples": args.train_samples, "test_samples": args.test_samples, "epochs": args.epochs,
+            "input": "28x28 -> bilinear 128x128, grey -> 3 channels, [-1, 1]", "head": "zero-initialised, 10 classes",
+            "int8": "batch 1, integer-only, simulator", "seed": args.seed,
+        },
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(table(results) + "\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
