@@ -191,3 +191,15 @@ def runtime_shape(ir_shape: Sequence[int], total: int) -> tuple[int, ...]:
         return shape
     rest = math.prod(shape[1:])
     return (total // rest if rest else 0, *shape[1:])
+
+
+def leading_one(inp: Tensor | None, out: Tensor | None) -> bool:
+    """Both tensors exist and have a leading (batch) dimension of 1."""
+    return (
+        inp is not None
+        and out is not None
+        and len(inp.shape) >= 1
+        and len(out.shape) >= 1
+        and inp.shape[0] == 1
+        and out.shape[0] == 1
+    )

@@ -26,7 +26,6 @@ import numpy as np
 from tinytrain.errors import UsageError
 from tinytrain.ir.dtypes import DType
 from tinytrain.ir.ops import GatherAttrs, Op, ResizeAttrs, StridedSliceAttrs
-from tinytrain.ir.tensor import Tensor
 from tinytrain.sim.kernel_spec import Inputs, KernelSpec, Outputs
 from tinytrain.sim.kernels.core_common import (
     check_arity,
@@ -36,6 +35,7 @@ from tinytrain.sim.kernels.core_common import (
     const_int_vector,
     f32,
     graph_error,
+    leading_one,
     round_half_away,
     runtime_shape,
     tensor_at,
@@ -59,17 +59,6 @@ def _axis_slice(start: int, stop: int, stride: int) -> tuple[slice, int]:
     if stride > 0:
         return slice(start, last + 1, stride), count
     return slice(start, last - 1 if last - 1 >= 0 else None, stride), count
-
-
-def _leading_one(inp: Tensor | None, out: Tensor | None) -> bool:
-    return (
-        inp is not None
-        and out is not None
-        and len(inp.shape) >= 1
-        and len(out.shape) >= 1
-        and inp.shape[0] == 1
-        and out.shape[0] == 1
-    )
 
 
 @dataclass(frozen=True)
@@ -151,7 +140,7 @@ def prepare_strided_slice(op: Op, inputs: Inputs, outputs: Outputs) -> SlicePara
 
 
 def strided_slice_batch_safe(op: Op, inputs: Inputs, outputs: Outputs) -> bool:
-    if not inputs or not outputs or not _leading_one(inputs[0], outputs[0]):
+    if not inputs or not outputs or not leading_one(inputs[0], outputs[0]):
         return False
     try:
         p = prepare_strided_slice(op, inputs, outputs)
@@ -192,7 +181,7 @@ def prepare_slice(op: Op, inputs: Inputs, outputs: Outputs) -> SliceParams:
 
 
 def slice_batch_safe(op: Op, inputs: Inputs, outputs: Outputs) -> bool:
-    if not inputs or not outputs or not _leading_one(inputs[0], outputs[0]):
+    if not inputs or not outputs or not leading_one(inputs[0], outputs[0]):
         return False
     try:
         p = prepare_slice(op, inputs, outputs)

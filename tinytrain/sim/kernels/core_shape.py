@@ -28,22 +28,11 @@ from tinytrain.sim.kernels.core_common import (
     const_data,
     const_int_vector,
     graph_error,
+    leading_one,
     per_tensor_qparams,
     tensor_at,
     unsupported,
 )
-
-
-def _same_leading_one(inp: Tensor | None, out: Tensor | None) -> bool:
-    return (
-        inp is not None
-        and out is not None
-        and len(inp.shape) >= 1
-        and len(out.shape) >= 1
-        and inp.shape[0] == 1
-        and out.shape[0] == 1
-    )
-
 
 # ------------------------------------------------------------------ pure reshapes
 
@@ -114,7 +103,7 @@ def run_reshape(p: ReshapeParams, args: Sequence[np.ndarray | None]) -> tuple[np
 
 
 def reshape_batch_safe(op: Op, inputs: Inputs, outputs: Outputs) -> bool:
-    return _same_leading_one(inputs[0] if inputs else None, outputs[0] if outputs else None)
+    return leading_one(inputs[0] if inputs else None, outputs[0] if outputs else None)
 
 
 # ----------------------------------------------------------------------- TRANSPOSE
@@ -152,7 +141,7 @@ def transpose_batch_safe(op: Op, inputs: Inputs, outputs: Outputs) -> bool:
     if len(inputs) != 2 or inputs[1] is None or inputs[1].data is None:
         return False
     perm = inputs[1].data.reshape(-1)
-    return perm.size >= 1 and int(perm[0]) == 0 and _same_leading_one(inputs[0], outputs[0] if outputs else None)
+    return perm.size >= 1 and int(perm[0]) == 0 and leading_one(inputs[0], outputs[0] if outputs else None)
 
 
 # ------------------------------------------------------------------ CONCATENATION
@@ -275,7 +264,7 @@ def pad_batch_safe(op: Op, inputs: Inputs, outputs: Outputs) -> bool:
     if len(inputs) < 2 or inputs[1] is None or inputs[1].data is None:
         return False
     flat = inputs[1].data.reshape(-1)
-    return flat.size >= 2 and int(flat[0]) == 0 and int(flat[1]) == 0 and _same_leading_one(inputs[0], outputs[0])
+    return flat.size >= 2 and int(flat[0]) == 0 and int(flat[1]) == 0 and leading_one(inputs[0], outputs[0])
 
 
 RESHAPE = KernelSpec(prepare=prepare_reshape, run=run_reshape, batch_safe=reshape_batch_safe)
