@@ -172,6 +172,24 @@ def test_unseen_style_models(zoo_dir: Path) -> None:
             assert [y.shape[1:] for y in outputs] == [(160, 4), (160, 3)]
 
 
+def test_int8_models_track_their_float_models(zoo_dir: Path) -> None:
+    """Seeded weights keep the networks out of the chaotic regime: the int8 outputs
+    (dequantized) follow the float Keras outputs instead of being rounding noise."""
+    from tinytrain.frontends.tflite_schema import schema
+    from tinytrain.models import keras_mobilenetv1_style, keras_tiny_vit
+
+    for name, model, keras_model in (
+        ("tiny_vit", zoo.tiny_vit(zoo_dir), keras_tiny_vit()),
+        ("mobilenetv1_style", zoo.mobilenetv1_style(zoo_dir), keras_mobilenetv1_style()),
+    ):
+        x = zoo.sample_inputs(name, 6, seed=11)[0]
+        want = np.asarray(keras_model(x, training=False), dtype=np.float64)
+        sg = schema().Model.GetRootAs(model, 0).Subgraphs(0)
+        q = sg.Tensors(sg.Outputs(0)).Quantization()
+        got = (_tflm_outputs(model, name)[0].astype(np.float64) - q.ZeroPoint(0)) * q.Scale(0)
+        assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.95, name
+
+
 def test_zoo_cache_and_sidecar(zoo_dir: Path) -> None:
     first = zoo.mlp(zoo_dir)
     files = sorted(zoo_dir.glob("mlp-*.tflite"))
