@@ -21,7 +21,6 @@ or from a preset name with optional parameters: ``last-layer``, ``bias-only``,
 from __future__ import annotations
 
 import enum
-import itertools
 import json
 import math
 from collections.abc import Mapping
@@ -182,11 +181,19 @@ def load_scheme_file(path: str | Path) -> Scheme:
 
 # TTE's own MobileNetV2-w0.35 configuration (tiny-training's compilation/mcu_ir_gen.py,
 # "49kb": n_bias_update 16, manual_weight_idx 36-39-40-41-42-45-48-49 of 52 convs,
-# weight_update_ratio 1-1-0-0.25-0.125-0.125-0.125-0.125), written relative to the end so
-# that it maps onto any MobileNetV2-class model (three convs per block).
-TTE_DEFAULT_BIAS = 16
-TTE_DEFAULT_WEIGHTS = (-16, -13, -12, -11, -10, -7, -4, -3)
-TTE_DEFAULT_RATIOS = (1.0, 1.0, 0.0, 0.25, 0.125, 0.125, 0.125, 0.125)
+# weight_update_ratio 1-1-0-0.25-0.125-0.125-0.125-0.125), in terms of inverted-residual
+# blocks counted from the end so that it maps onto any MobileNetV2-class model: the biases
+# of the last 5 blocks and of every layer after them; the weights of (block, role, ratio):
+TTE_DEFAULT_BLOCKS = 5
+TTE_DEFAULT_WEIGHTS: tuple[tuple[int, str, float], ...] = (
+    (-5, "expand", 1.0),
+    (-4, "expand", 1.0),
+    (-4, "project", 0.25),
+    (-3, "expand", 0.125),
+    (-2, "expand", 0.125),
+    (-1, "expand", 0.125),
+    (-1, "depthwise", 0.125),
+)
 
 
 def _split_list(text: str) -> list[str]:
@@ -245,15 +252,17 @@ def _tte(spec: str, arg: str, layers: tuple[Layer, ...]) -> Scheme:
     negative ones from the end). Default: TTE's own MobileNetV2-w0.35 configuration.
     A ratio of 0 trains that layer's bias only."""
     p = _params(arg, "tte", {"bias", "weights", "ratios"})
-    n_bias = _int(p.get("bias", str(TTE_DEFAULT_BIAS)), "tte bias")
+    if "weights" not in p and "ratios" in p:
+        raise UsageError("tte: 'ratios' needs 'weights'")
+    default_bias, default_idx, default_ratios = _tte_default(layers)
+    n_bias = _int(p["bias"], "tte bias") if "bias" in p else default_bias
     if not 1 <= n_bias <= len(layers):
         raise UsageError(f"tte: bias={n_bias} must be in 1..{len(layers)} for this model")
     if "weights" in p:
         idx = [_int(v, "tte weights index") for v in _split_list(p["weights"])]
-        default_ratios: tuple[float, ...] = (1.0,) * len(idx)
+        default_ratios = (1.0,) * len(idx)
     else:
-        idx = list(TTE_DEFAULT_WEIGHTS)
-        default_ratios = TTE_DEFAULT_RATIOS
+        idx = list(default_idx)
     if "ratios" in p:
         try:
             ratios = [float(v) for v in _split_list(p["ratios"])]
@@ -277,12 +286,37 @@ def _tte(spec: str, arg: str, layers: tuple[Layer, ...]) -> Scheme:
     return Scheme(spec, tuple(rules.values()))
 
 
-def _expansion_convs(layers: tuple[Layer, ...]) -> list[Layer]:
-    """1×1 convs directly followed by a depthwise conv (the expansions of inverted residual blocks)."""
-    return [
-        lay for lay, nxt in itertools.pairwise(layers)
-        if lay.is_pointwise and nxt.kind is OpKind.DEPTHWISE_CONV_2D
-    ]
+def _tte_default(layers: tuple[Layer, ...]) -> tuple[int, tuple[int, ...], tuple[float, ...]]:
+    """TTE's configuration on this model's blocks: (bias count, weight layers, ratios)."""
+    blocks = _blocks(layers)
+    if not blocks:
+        return min(len(layers), 1), (), ()
+    first = blocks[-min(TTE_DEFAULT_BLOCKS, len(blocks))]
+    start = min(i for i in first.values())
+    idx: list[int] = []
+    ratios: list[float] = []
+    for b, role, ratio in TTE_DEFAULT_WEIGHTS:
+        if -b > len(blocks) or role not in blocks[b]:
+            continue
+        idx.append(blocks[b][role])
+        ratios.append(ratio)
+    return len(layers) - start, tuple(idx), tuple(ratios)
+
+
+def _blocks(layers: tuple[Layer, ...]) -> list[dict[str, int]]:
+    """Inverted-residual blocks as {role: layer index}: each depthwise conv, the 1×1
+    conv right before it (its expansion) and the 1×1 conv right after it (its projection)."""
+    out: list[dict[str, int]] = []
+    for i, lay in enumerate(layers):
+        if lay.kind is not OpKind.DEPTHWISE_CONV_2D:
+            continue
+        block = {"depthwise": i}
+        if i > 0 and layers[i - 1].is_pointwise:
+            block["expand"] = i - 1
+        if i + 1 < len(layers) and layers[i + 1].is_pointwise:
+            block["project"] = i + 1
+        out.append(block)
+    return out
 
 
 # ---------------------------------------------------------------- resolution
