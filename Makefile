@@ -35,7 +35,7 @@ apt:
 	fi
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check tinytrain codegen host_tools tests benchmarks
+	$(VENV)/bin/ruff check .
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy tinytrain

@@ -19,6 +19,7 @@ from tinytrain.ir.graph import Graph
 from tinytrain.ir.ops import Op, OpKind
 from tinytrain.passes.fuse_blocks import FusedGraph, fuse_frozen_blocks
 from tinytrain.train.grad_rules import GRAD_RULES, BackwardParams, BackwardRequest, prepare_backward
+from tinytrain.train.kernels.fused_bwd import FusedExpandDwParams, prepare_fused_expand_dw_backward
 from tinytrain.train.kernels.loss import SoftmaxCEParams, prepare_softmax_ce
 from tinytrain.train.layers import Layer
 from tinytrain.train.scheme import LayerPlan, ResolvedScheme
@@ -35,6 +36,10 @@ class BackwardStep:
     # channels of: the op's own inputs, except after folding a PAD into a convolution's
     # backward (then input 0 stands for the PAD's input).
     targets: tuple[str | None, ...] = ()
+    # A depthwise step fused with the backward of the 1×1 (or stem) conv E that feeds it:
+    # E's output gradient is streamed row by row and never exists (kernels/fused_bwd.py).
+    fused: FusedExpandDwParams | None = None
+    fused_with: BackwardStep | None = None
 
     def target(self, k: int) -> str | None:
         return self.targets[k] if self.targets else self.op.inputs[k]
@@ -66,6 +71,8 @@ class TrainingProgram:
         for b in self.backward:
             if b.op_index == op_index:
                 return b
+            if b.fused_with is not None and b.fused_with.op_index == op_index:
+                return b.fused_with
         return None
 
 
@@ -134,7 +141,7 @@ def build_training_program(graph: Graph, scheme: ResolvedScheme) -> TrainingProg
         scheme=scheme,
         fused=fused,
         first_live_op=first_live,
-        backward=tuple(steps),
+        backward=tuple(_fuse_expand_dw(graph, steps)),
         loss=prepare_softmax_ce(graph.tensor(logits)),
         logits=logits,
     )
@@ -184,6 +191,47 @@ def _fold_pads(graph: Graph, steps: list[BackwardStep]) -> list[BackwardStep]:
         )
         out.append(replace(s, params=replace(s.params, kernel=kernel), targets=(src, *op.inputs[1:])))
         dropped.add(j)
+    return out
+
+
+FUSE_MIN_SAVING = 4  # fuse only when the gradient removed is ≥ 4× the fused kernel's scratch
+
+
+def _fuse_expand_dw(graph: Graph, steps: list[BackwardStep]) -> list[BackwardStep]:
+    """Pairs each depthwise backward step with the step of the conv E that produces its
+    input, when E's output gradient is large: that gradient is then streamed row by row
+    (three passes) instead of stored. Same bytes as the two unfused steps."""
+    consumers = graph.consumers()
+    out: list[BackwardStep] = []
+    k = 0
+    while k < len(steps):
+        d = steps[k]
+        e = steps[k + 1] if k + 1 < len(steps) else None
+        x = d.target(0)
+        eg = getattr(e.params.kernel, "geom", None) if e is not None else None
+        if (
+            e is not None
+            and eg is not None
+            and x is not None
+            and d.op.kind is OpKind.DEPTHWISE_CONV_2D
+            and e.op.kind is OpKind.CONV_2D
+            and 0 in d.params.request.input_grads
+            and x == e.op.outputs[0]
+            and len(consumers.get(x, ())) == 1
+            and x not in graph.outputs
+            and (
+                0 not in e.params.request.input_grads
+                or (eg.kh, eg.kw, eg.sh, eg.sw, eg.pad_top, eg.pad_left, eg.pad_bottom, eg.pad_right)
+                == (1, 1, 1, 1, 0, 0, 0, 0)
+            )
+        ):
+            fused = prepare_fused_expand_dw_backward(e.params, d.params)
+            if 2 * graph.tensor(x).size >= FUSE_MIN_SAVING * fused.scratch_bytes:
+                out.append(replace(d, fused=fused, fused_with=e))
+                k += 2
+                continue
+        out.append(d)
+        k += 1
     return out
 
 

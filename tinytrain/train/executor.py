@@ -21,9 +21,10 @@ from tinytrain.ir.graph import Graph
 from tinytrain.ir.tensor import Tensor
 from tinytrain.sim.fixedpoint import rounding_divide_by_pot
 from tinytrain.sim.kernels import KERNELS
-from tinytrain.train.build import TrainingProgram
+from tinytrain.train.build import BackwardStep, TrainingProgram
 from tinytrain.train.data import fmix32
-from tinytrain.train.grad_rules import Saved, apply_update, run_backward, save_forward
+from tinytrain.train.grad_rules import BackwardResult, Saved, apply_update, run_backward, save_forward
+from tinytrain.train.kernels.fused_bwd import run_fused_expand_dw_backward
 from tinytrain.train.kernels.gradient import Grad, normalize
 from tinytrain.train.kernels.loss import softmax_ce_grad
 from tinytrain.train.kernels.prng import seed_state
@@ -173,26 +174,45 @@ class Executor:
             if g_out is None:
                 raise UsageError(f"{op.describe()}: no gradient reached this op's output")
             i = bstep.op_index
-            weight = self.weights.get(i)
-            if weight is None and 0 in bstep.params.request.input_grads and bstep.layer is not None:
-                w_name = op.inputs[1]
-                assert w_name is not None
-                weight = graph.tensor(w_name).data
-            res = run_backward(bstep.params, g_out, saved.pop(i, Saved()), weight)
-            for k, g in res.input_grads.items():
-                target = bstep.target(k)
-                assert target is not None
-                grads[target] = add_grads(grads[target], g) if target in grads else g
-            if bstep.trains:
-                new_w, new_b = apply_update(
-                    bstep.params, res, self.weights.get(i), self.biases.get(i), lr, int(c), self.prng
+            parts: tuple[tuple[BackwardStep, BackwardResult], ...]
+            if bstep.fused is not None and bstep.fused_with is not None:
+                e = bstep.fused_with
+                w_d = self._weight(bstep)
+                assert w_d is not None
+                _, res_d, res_e = run_fused_expand_dw_backward(
+                    bstep.fused, g_out, saved.pop(i, Saved()), saved.pop(e.op_index, Saved()),
+                    w_d, self._weight(e),
                 )
-                if new_w is not None:
-                    self.weights[i] = new_w
-                if new_b is not None:
-                    self.biases[i] = new_b
-                self._prepare(i)
+                parts = ((bstep, res_d), (e, res_e))
+            else:
+                weight = self._weight(bstep) if 0 in bstep.params.request.input_grads else self.weights.get(i)
+                parts = ((bstep, run_backward(bstep.params, g_out, saved.pop(i, Saved()), weight)),)
+            for st, res in parts:
+                for k, g in res.input_grads.items():
+                    target = st.target(k)
+                    assert target is not None
+                    grads[target] = add_grads(grads[target], g) if target in grads else g
+            for st, res in parts:  # updates after every gradient of the step (old weights), in op order
+                if st.trains:
+                    j = st.op_index
+                    new_w, new_b = apply_update(
+                        st.params, res, self.weights.get(j), self.biases.get(j), lr, int(c), self.prng
+                    )
+                    if new_w is not None:
+                        self.weights[j] = new_w
+                    if new_b is not None:
+                        self.biases[j] = new_b
+                    self._prepare(j)
         return StepResult(p_label=p_label, predicted=int(np.argmax(logits.reshape(-1))))
+
+    def _weight(self, st: BackwardStep) -> np.ndarray | None:
+        """The current weights of a step's op (None for ops without weights)."""
+        if st.layer is None:
+            return None
+        w = self.weights.get(st.op_index)
+        if w is None:
+            w = self.program.graph.tensor(st.layer.layer.weight).data
+        return w
 
     def _value(self, name: str, values: Mapping[str, np.ndarray]) -> np.ndarray:
         t = self.program.graph.tensor(name)

@@ -109,50 +109,69 @@ def program_memory(program: TrainingProgram, sample_bytes: int | None = None) ->
     macs_bwd = 0
     for j, b in enumerate(program.backward):
         s = loss_step + 1 + j
-        op = b.op
-        out = op.outputs[0]
-        g_last[out] = s
-        fs = fwd_step_of_op.get(b.op_index, 0)
-        steps.append(StepInfo(s, "backward", f"backward of op {b.op_index} {op.kind.value}"
-                              + (" + update" if b.trains else "")))
-        if b.params.clamp is not None:
-            n_out = graph.tensor(out).size
-            requests.append(BufferRequest(f"mask:{out}", mask_nbytes(n_out), fs, s, BufferKind.MASK))
-        x_name = b.target(0)
-        assert x_name is not None
-        x = graph.tensor(x_name)
-        if b.params.save_channels:
-            per_channel = x.size // x.shape[-1]
+        fused = b.fused is not None and b.fused_with is not None
+        text = f"backward of op {b.op_index} {b.op.kind.value}" + (" + update" if b.trains else "")
+        if fused and b.fused_with is not None:
+            e = b.fused_with
+            text += f", fused with op {e.op_index} {e.op.kind.value}" + (" + update" if e.trains else "")
+            assert b.fused is not None
             requests.append(
-                BufferRequest(f"saved:{x_name}@{b.op_index}", per_channel * len(b.params.save_channels), fs, s,
-                              BufferKind.SAVED)
+                BufferRequest(f"scratch:fused-bwd:{b.op_index}", b.fused.scratch_bytes, s, s, BufferKind.SCRATCH)
             )
-        for k in b.params.request.input_grads:
-            target = b.target(k)
-            assert target is not None
-            g_first.setdefault(target, s)
-            if op.kind in (OpKind.CONV_2D, OpKind.DEPTHWISE_CONV_2D, OpKind.FULLY_CONNECTED):
-                # Two passes (max of the int32 sums, then the normalized int16 values):
-                # no int32 buffer; twice the MACs.
-                macs_bwd += 2 * op_macs(graph, op)
-        if b.layer is not None and b.params.save_channels:
-            lay = b.layer.layer
-            kh, kw = lay.kernel
-            n_ch = len(b.params.save_channels)
-            w_bytes = lay.out_channels * kh * kw * n_ch if lay.kind is not OpKind.DEPTHWISE_CONV_2D else kh * kw * n_ch
-            trainable += w_bytes
-            requests.append(BufferRequest(f"train:{op.inputs[1]}", w_bytes, 0, 0, BufferKind.TRAINABLE))
-            # One output channel's int64 weight gradient, consumed by its update at once.
-            row = (w_bytes // lay.out_channels if lay.kind is not OpKind.DEPTHWISE_CONV_2D else kh * kw) * 8
-            requests.append(BufferRequest(f"wgrad-row:{op.inputs[1]}", row, s, s, BufferKind.SCRATCH))
-            positions = graph.tensor(out).size // lay.out_channels
-            macs_bwd += positions * w_bytes
-        if b.params.request.bias:
-            lay_b = op.inputs[2]
-            assert lay_b is not None
-            nb = graph.tensor(lay_b).nbytes
-            trainable += nb
-            requests.append(BufferRequest(f"train:{lay_b}", nb, 0, 0, BufferKind.TRAINABLE))
+        steps.append(StepInfo(s, "backward", text))
+        parts = (b,) if not fused or b.fused_with is None else (b, b.fused_with)
+        for part in parts:
+            is_e = part is not b
+            op = part.op
+            out = op.outputs[0]
+            if not is_e:
+                g_last[out] = s
+            fs = fwd_step_of_op.get(part.op_index, 0)
+            if part.params.clamp is not None:
+                requests.append(
+                    BufferRequest(f"mask:{out}", mask_nbytes(graph.tensor(out).size), fs, s, BufferKind.MASK)
+                )
+            x_name = part.target(0)
+            assert x_name is not None
+            x = graph.tensor(x_name)
+            if part.params.save_channels:
+                per_channel = x.size // x.shape[-1]
+                size = per_channel * len(part.params.save_channels)
+                requests.append(BufferRequest(f"saved:{x_name}@{part.op_index}", size, fs, s, BufferKind.SAVED))
+            for k in part.params.request.input_grads:
+                target = part.target(k)
+                assert target is not None
+                if fused and not is_e and k == 0:
+                    # E's output gradient is streamed: three passes of D's input gradient
+                    # when E's own input gradient is needed, two otherwise.
+                    e_grad = b.fused_with is not None and bool(b.fused_with.params.request.input_grads)
+                    macs_bwd += (3 if e_grad else 2) * op_macs(graph, op)
+                    continue
+                g_first.setdefault(target, s)
+                if op.kind in (OpKind.CONV_2D, OpKind.DEPTHWISE_CONV_2D, OpKind.FULLY_CONNECTED):
+                    # Two passes (max of the int32 sums, then the normalized int16 values):
+                    # no int32 buffer; twice the MACs.
+                    macs_bwd += 2 * op_macs(graph, op)
+            if part.layer is not None and part.params.save_channels:
+                lay = part.layer.layer
+                kh, kw = lay.kernel
+                n_ch = len(part.params.save_channels)
+                dw = lay.kind is OpKind.DEPTHWISE_CONV_2D
+                w_bytes = kh * kw * n_ch if dw else lay.out_channels * kh * kw * n_ch
+                trainable += w_bytes
+                requests.append(BufferRequest(f"train:{op.inputs[1]}", w_bytes, 0, 0, BufferKind.TRAINABLE))
+                if not is_e:  # a fused E's whole int64 weight gradient is in the fused scratch
+                    # One output channel's int64 weight gradient, consumed by its update at once.
+                    row = (kh * kw if dw else w_bytes // lay.out_channels) * 8
+                    requests.append(BufferRequest(f"wgrad-row:{op.inputs[1]}", row, s, s, BufferKind.SCRATCH))
+                positions = graph.tensor(out).size // lay.out_channels
+                macs_bwd += positions * w_bytes
+            if part.params.request.bias:
+                lay_b = op.inputs[2]
+                assert lay_b is not None
+                nb = graph.tensor(lay_b).nbytes
+                trainable += nb
+                requests.append(BufferRequest(f"train:{lay_b}", nb, 0, 0, BufferKind.TRAINABLE))
     for name, f in g_first.items():
         requests.append(
             BufferRequest(f"grad:{name}", _grad_bytes(graph.tensor(name).size), f, g_last.get(name, f),
