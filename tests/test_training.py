@@ -261,3 +261,35 @@ def test_compile_over_budget_exits_2(tmp_path: Path) -> None:
     assert r.returncode == 2
     line = r.stderr.strip().splitlines()
     assert len(line) == 1 and "needs" in line[0] and "budget 64.0 KB" in line[0] and "live at the peak" in line[0]
+
+
+def test_gradient_accumulation_over_b_samples(mbv2_graph, fmnist) -> None:  # type: ignore[no-untyped-def]
+    """B = 4: updates once every 4 samples from integer accumulators; learns, is
+    deterministic, and the plan counts the accumulators."""
+    train, _ = fmnist
+    small = Dataset("small", train.images[:40], train.labels[:40])
+    program = build_training_program(mbv2_graph, resolve(preset("last-layer", mbv2_graph), mbv2_graph))
+    runs = []
+    for _ in range(2):
+        trainer = Trainer(program, small.sample_shape, seed=2, batch=4)
+        report = trainer.fit(small, None, TrainConfig(epochs=8, lr=0.02, seed=2))
+        runs.append((report, trainer.executor.trained_tensors()))
+    losses = [e.train_loss for e in runs[0][0].epochs]
+    assert min(losses[-3:]) < 0.5 * losses[0], losses
+    assert all(np.array_equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+    # One update per 4 samples gives other bytes than one per sample.
+    single = Trainer(program, small.sample_shape, seed=2)
+    single.fit(small, None, TrainConfig(epochs=1, lr=0.02, seed=2))
+    batched = Trainer(program, small.sample_shape, seed=2, batch=4)
+    batched.fit(small, None, TrainConfig(epochs=1, lr=0.02, seed=2))
+    w1, w4 = single.executor.trained_tensors(), batched.executor.trained_tensors()
+    assert any(not np.array_equal(w1[k], w4[k]) for k in w1)
+    plain = program_memory(program)
+    acc = program_memory(program, batch=4)
+    extra = sum(r.size for r in acc.requests) - sum(r.size for r in plain.requests)
+    head = linear_layers(mbv2_graph)[-1]
+    # int32 mantissa per weight and bias, int32 exponent per output channel (weights) or
+    # element (bias), one int32 count per tensor.
+    c, k = head.out_channels, head.in_channels
+    assert extra == (4 * c * k + 4 * c + 4) + (4 * c + 4 * c + 4)
+    assert any(r.name.startswith("acc:") and r.kind is BufferKind.STATE for r in acc.requests)

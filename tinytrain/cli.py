@@ -127,6 +127,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         sram_bytes=parse_size(args.sram),
         flash_bytes=parse_size(args.flash),
         sample_bytes=sample,
+        batch=args.batch,
     )
     compiled = compile_model(args.model, options)
     out = Path(args.output)
@@ -160,7 +161,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     train = Dataset(train.name, train.images[: args.train_samples], train.labels[: args.train_samples])
     test_ds = Dataset(test.name, test.images[: args.test_samples], test.labels[: args.test_samples])
     config = TrainConfig(epochs=args.epochs, lr=args.lr, schedule=Schedule(args.schedule), seed=args.seed)
-    trainer = Trainer(compiled.program, train.sample_shape, seed=args.seed)
+    trainer = Trainer(compiled.program, train.sample_shape, seed=args.seed, batch=compiled.options.batch)
     total = args.epochs * len(train)
     quiet = args.json or args.quiet
     with progress_bar("train", total, quiet=quiet) as advance:
@@ -226,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sram", default="256KB", help="SRAM budget (default 256KB)")
     s.add_argument("--flash", default="1MB", help="flash budget (default 1MB)")
     s.add_argument("--sample-shape", help="native sample shape (e.g. 28x28) when the device preprocesses on the fly")
+    s.add_argument(
+        "--batch", type=int, default=1, help="accumulate the gradients of B samples per update (default 1)"
+    )
     s.add_argument("-o", "--output", required=True, help="output directory")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_compile)

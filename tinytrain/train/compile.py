@@ -51,6 +51,7 @@ class CompileOptions:
     sram_bytes: int = 256 * KB
     flash_bytes: int = 1024 * KB
     sample_bytes: int | None = None  # native sample size when the device preprocesses
+    batch: int = 1  # samples whose gradients are accumulated per update
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def compile_graph(graph: Graph, scheme_spec: str, options: CompileOptions) -> Co
     t0 = time.perf_counter()
     resolved = resolve(get_scheme(scheme_spec, graph), graph)
     program = build_training_program(graph, resolved)
-    memory = program_memory(program, options.sample_bytes)
+    memory = program_memory(program, options.sample_bytes, options.batch)
     plan = plan_program(memory, options.sram_bytes)
     if memory.flash_bytes > options.flash_bytes:
         raise OverFlashError(
@@ -136,6 +137,7 @@ def plan_json(c: Compiled) -> dict[str, Any]:
             "sample_bytes": c.options.sample_bytes,
         },
         "flash": {"bytes": m.flash_bytes, "budget_bytes": c.options.flash_bytes},
+        "training": {"batch": c.options.batch},
         "macs": {"forward": m.macs_forward, "backward": m.macs_backward},
         "steps": [{"index": s.index, "phase": s.phase, "text": s.text} for s in m.steps],
         "plan": plan.to_json(),
@@ -163,13 +165,14 @@ def load_artifact(out: Path) -> Compiled:
         sram = int(meta["sram"]["budget_bytes"])
         flash = int(meta["flash"]["budget_bytes"])
         sample = meta["sram"].get("sample_bytes")
+        batch = int(meta.get("training", {}).get("batch", 1))
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{plan_path} is corrupt: {exc}") from None
     graph = load_tflite(model)
     scheme = load_scheme_file(scheme_path)
-    options = CompileOptions(str(scheme_path), sram_bytes=sram, flash_bytes=flash, sample_bytes=sample)
+    options = CompileOptions(str(scheme_path), sram_bytes=sram, flash_bytes=flash, sample_bytes=sample, batch=batch)
     resolved = resolve(scheme, graph)
     program = build_training_program(graph, resolved)
-    memory = program_memory(program, sample)
+    memory = program_memory(program, sample, batch)
     plan = plan_program(memory, sram)
     return Compiled(graph, resolved, program, memory, plan, options, 0.0)

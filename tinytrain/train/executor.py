@@ -24,6 +24,18 @@ from tinytrain.sim.kernels import KERNELS
 from tinytrain.train.build import BackwardStep, TrainingProgram
 from tinytrain.train.data import fmix32
 from tinytrain.train.grad_rules import BackwardResult, Saved, apply_update, run_backward, save_forward
+from tinytrain.train.kernels.accumulate import (
+    MAX_BATCH,
+    AccState,
+    GradAccumulator,
+    acc_add,
+    acc_init,
+    acc_result,
+    bias_accumulator,
+    update_bias_rows,
+    update_weights_rows,
+    weight_accumulator,
+)
 from tinytrain.train.kernels.fused_bwd import run_fused_expand_dw_backward
 from tinytrain.train.kernels.gradient import Grad, normalize
 from tinytrain.train.kernels.loss import softmax_ce_grad
@@ -61,8 +73,17 @@ class StepResult:
 
 
 class Executor:
-    def __init__(self, program: TrainingProgram, seed: int) -> None:
+    """``batch`` > 1 accumulates the parameter gradients of B samples (integer
+    accumulators, ``tinytrain/train/kernels/accumulate.py``) and applies the SGD step of
+    their mean once every B samples; input gradients always use the current weights."""
+
+    def __init__(self, program: TrainingProgram, seed: int, batch: int = 1) -> None:
+        if not 1 <= batch <= MAX_BATCH:
+            raise UsageError(f"batch must be in 1..{MAX_BATCH}, got {batch}")
         self.program = program
+        self.batch = batch
+        self._acc: dict[int, list[tuple[GradAccumulator, AccState] | None]] = {}
+        self._pending = 0
         graph = program.graph
         self.weights: dict[int, np.ndarray] = {}
         self.biases: dict[int, np.ndarray] = {}
@@ -193,17 +214,61 @@ class Executor:
                     assert target is not None
                     grads[target] = add_grads(grads[target], g) if target in grads else g
             for st, res in parts:  # updates after every gradient of the step (old weights), in op order
-                if st.trains:
-                    j = st.op_index
-                    new_w, new_b = apply_update(
-                        st.params, res, self.weights.get(j), self.biases.get(j), lr, int(c), self.prng
-                    )
-                    if new_w is not None:
-                        self.weights[j] = new_w
-                    if new_b is not None:
-                        self.biases[j] = new_b
-                    self._prepare(j)
+                if not st.trains:
+                    continue
+                if self.batch > 1:
+                    self._accumulate(st, res)
+                    continue
+                j = st.op_index
+                new_w, new_b = apply_update(
+                    st.params, res, self.weights.get(j), self.biases.get(j), lr, int(c), self.prng
+                )
+                if new_w is not None:
+                    self.weights[j] = new_w
+                if new_b is not None:
+                    self.biases[j] = new_b
+                self._prepare(j)
+        if self.batch > 1:
+            self._pending += 1
+            if self._pending == self.batch:
+                self.flush(lr, int(c))
         return StepResult(p_label=p_label, predicted=int(np.argmax(logits.reshape(-1))))
+
+    def _accumulate(self, st: BackwardStep, res: BackwardResult) -> None:
+        slots = self._acc.setdefault(st.op_index, [None, None])
+        for k, grad in enumerate((res.weight_grad, res.bias_grad)):
+            if grad is None:
+                continue
+            slot = slots[k]
+            if slot is None:
+                acc = weight_accumulator(st.op.kind, grad.shape) if k == 0 else bias_accumulator(grad.size)
+                slot = (acc, acc_init(acc))
+            slots[k] = (slot[0], acc_add(slot[0], slot[1], grad, res.param_exponent))
+
+    def flush(self, lr: tuple[int, int], c_t: int) -> None:
+        """Applies the accumulated mean gradients (after the B-th sample, or at the end
+        of a run for a partial batch), layer by layer in backward order."""
+        if self.batch == 1 or self._pending == 0:
+            return
+        order = [s for b in self.program.backward for s in (b, b.fused_with) if s is not None]
+        for st in order:
+            slots = self._acc.get(st.op_index)
+            update = st.params.update
+            if slots is None or update is None:
+                continue
+            j = st.op_index
+            if slots[0] is not None:
+                acc, state = slots[0]
+                g, e = acc_result(acc, state, state.n)
+                channels = st.params.request.weight_channels
+                self.weights[j] = update_weights_rows(update, self.weights[j], g, e, channels, lr, c_t, self.prng)
+            if slots[1] is not None:
+                acc, state = slots[1]
+                g, e = acc_result(acc, state, state.n)
+                self.biases[j] = update_bias_rows(update, self.biases[j], g, e, lr, c_t)
+            self._prepare(j)
+        self._acc.clear()
+        self._pending = 0
 
     def _weight(self, st: BackwardStep) -> np.ndarray | None:
         """The current weights of a step's op (None for ops without weights)."""

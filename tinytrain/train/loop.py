@@ -57,11 +57,11 @@ Progress = Callable[[int, float, float], None]  # (steps done, running loss, run
 
 
 class Trainer:
-    def __init__(self, program: TrainingProgram, native_shape: tuple[int, ...], seed: int = 0) -> None:
+    def __init__(self, program: TrainingProgram, native_shape: tuple[int, ...], seed: int = 0, batch: int = 1) -> None:
         self.program = program
         self.preprocess = preprocess_for_graph(program.graph, native_shape)
         self.prefix = Simulator(prefix_graph(program.graph, program.first_live_op))
-        self.executor = Executor(program, seed)
+        self.executor = Executor(program, seed, batch)
         self.boundary = self.prefix.graph.outputs
 
     def features(self, images: np.ndarray) -> list[np.ndarray]:
@@ -119,6 +119,8 @@ class Trainer:
                     chunk_loss = []
                 if progress is not None:
                     progress(step, losses / (k + 1), correct / (k + 1))
+            if epoch == config.epochs - 1:  # a partial last batch is applied before the final evaluation
+                self.executor.flush(lr, schedule_factor(config.schedule, max(step - 1, 0), max(total, 1)))
             test_acc = self.evaluate(test_feats, test.labels) if test_feats is not None and test is not None else None
             reports.append(EpochReport(epoch, losses / max(len(train), 1), correct / max(len(train), 1), test_acc))
         if chunk_loss:

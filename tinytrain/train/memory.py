@@ -27,6 +27,7 @@ from tinytrain.ir.ops import OpKind
 from tinytrain.passes.fuse_blocks import FusedBlock
 from tinytrain.stats import op_macs
 from tinytrain.train.build import TrainingProgram
+from tinytrain.train.kernels.accumulate import bias_accumulator, weight_accumulator
 from tinytrain.train.kernels.mask import mask_nbytes
 from tinytrain.train.planner import BufferKind, BufferRequest, Plan, plan_buffers, plan_or_raise
 
@@ -54,11 +55,12 @@ def _grad_bytes(n: int) -> int:
     return 2 * n + 4
 
 
-def program_memory(program: TrainingProgram, sample_bytes: int | None = None) -> ProgramMemory:
+def program_memory(program: TrainingProgram, sample_bytes: int | None = None, batch: int = 1) -> ProgramMemory:
     """``sample_bytes``: the size of one native sample (e.g. 784 for a 28×28 grey image)
     when the device preprocesses on the fly; then a stem fused with the first block reads
     its input rows straight from the preprocessing (its row window is already part of the
-    fused kernel's scratch) and the model-sized input image never exists."""
+    fused kernel's scratch) and the model-sized input image never exists. ``batch`` > 1
+    adds the gradient accumulators of the trained parameters (persistent state)."""
     graph = program.graph
     units = program.fused.units()
     steps: list[StepInfo] = []
@@ -160,6 +162,18 @@ def program_memory(program: TrainingProgram, sample_bytes: int | None = None) ->
                 w_bytes = kh * kw * n_ch if dw else lay.out_channels * kh * kw * n_ch
                 trainable += w_bytes
                 requests.append(BufferRequest(f"train:{op.inputs[1]}", w_bytes, 0, 0, BufferKind.TRAINABLE))
+                if batch > 1:
+                    shape = (
+                        (1, kh, kw, n_ch)
+                        if dw
+                        else (
+                            (lay.out_channels, n_ch)
+                            if lay.kind is OpKind.FULLY_CONNECTED
+                            else (lay.out_channels, kh, kw, n_ch)
+                        )
+                    )
+                    acc = weight_accumulator(lay.kind, shape).state_bytes
+                    requests.append(BufferRequest(f"acc:{op.inputs[1]}", acc, 0, 0, BufferKind.STATE))
                 if not is_e:  # a fused E's whole int64 weight gradient is in the fused scratch
                     # One output channel's int64 weight gradient, consumed by its update at once.
                     row = (kh * kw if dw else w_bytes // lay.out_channels) * 8
@@ -172,10 +186,14 @@ def program_memory(program: TrainingProgram, sample_bytes: int | None = None) ->
                 nb = graph.tensor(lay_b).nbytes
                 trainable += nb
                 requests.append(BufferRequest(f"train:{lay_b}", nb, 0, 0, BufferKind.TRAINABLE))
+                if batch > 1:
+                    acc = bias_accumulator(graph.tensor(lay_b).size).state_bytes
+                    requests.append(BufferRequest(f"acc:{lay_b}", acc, 0, 0, BufferKind.STATE))
     for name, f in g_first.items():
         requests.append(
-            BufferRequest(f"grad:{name}", _grad_bytes(graph.tensor(name).size), f, g_last.get(name, f),
-                          BufferKind.GRADIENT)
+            BufferRequest(
+                f"grad:{name}", _grad_bytes(graph.tensor(name).size), f, g_last.get(name, f), BufferKind.GRADIENT
+            )
         )
     requests.append(BufferRequest("state", STATE_BYTES, 0, 0, BufferKind.STATE))
     flash = sum(t.nbytes for t in graph.tensors if t.data is not None)
