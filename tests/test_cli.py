@@ -77,3 +77,32 @@ def test_reader_output_is_deterministic(small_cnn: Path) -> None:
     from tinytrain.ir.dump import dump
 
     assert dump(load_tflite(small_cnn)) == dump(load_tflite(small_cnn.read_bytes()))
+
+
+def test_convert_command(tmp_path: Path) -> None:
+    """`tinytrain convert` turns a saved Keras model into an int8 .tflite that infer runs."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(5)(x))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).uniform(-1, 1, (16, 12, 12, 3)).astype(np.float32))
+    out = tmp_path / "m.tflite"
+    r = _cli("convert", str(path), "--calibration", str(calib), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    graph = load_tflite(out)
+    assert graph.tensor(graph.inputs[0]).dtype.value == "int8"
+    x = np.random.default_rng(1).integers(-128, 128, (3, 12, 12, 3), dtype=np.int8)
+    xp, yp = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(xp, x)
+    assert _cli("infer", str(out), "--input", str(xp), "--output", str(yp), "--quiet").returncode == 0
+    assert np.array_equal(np.load(yp), run_tflm(out.read_bytes(), [x])[0])
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((4, 7, 7, 3), np.float32))
+    r = _cli("convert", str(path), "--calibration", str(bad), "-o", str(tmp_path / "bad.tflite"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
