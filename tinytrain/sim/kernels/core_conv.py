@@ -265,16 +265,23 @@ class ConvParams:
     out_c: int
 
 
-def prepare_conv(op: Op, inputs: Sequence[Tensor | None], outputs: Sequence[Tensor]) -> ConvParams:
+def _conv_tensors(
+    op: Op, inputs: Sequence[Tensor | None], outputs: Sequence[Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, bool]:
+    """Validated (input, filter, output, bias, is_int8) of a CONV_2D / DEPTHWISE_CONV_2D."""
     check_arity(op, inputs, outputs, (2, 3), optional=(2,))
-    if not isinstance(op.attrs, Conv2DAttrs):
-        raise graph_error(op, "attributes must be Conv2DAttrs")
-    a = op.attrs
     inp, filt, out = tensor_at(op, inputs, 0), tensor_at(op, inputs, 1), outputs[0]
     bias = inputs[2] if len(inputs) == 3 else None
     for t, role in ((inp, "input"), (filt, "filter"), (out, "output")):
         check_rank(op, t, (4,), role)
-    is_int8 = check_conv_dtypes(op, inp, filt, bias, out)
+    return inp, filt, out, bias, check_conv_dtypes(op, inp, filt, bias, out)
+
+
+def prepare_conv(op: Op, inputs: Sequence[Tensor | None], outputs: Sequence[Tensor]) -> ConvParams:
+    if not isinstance(op.attrs, Conv2DAttrs):
+        raise graph_error(op, "attributes must be Conv2DAttrs")
+    a = op.attrs
+    inp, filt, out, bias, is_int8 = _conv_tensors(op, inputs, outputs)
     n, h, w, cin = inp.shape
     cout, kh, kw, fcin = filt.shape
     if out.shape[0] != n or out.shape[3] != cout:
@@ -410,15 +417,10 @@ class DepthwiseParams:
 
 
 def prepare_depthwise(op: Op, inputs: Sequence[Tensor | None], outputs: Sequence[Tensor]) -> DepthwiseParams:
-    check_arity(op, inputs, outputs, (2, 3), optional=(2,))
     if not isinstance(op.attrs, DepthwiseConv2DAttrs):
         raise graph_error(op, "attributes must be DepthwiseConv2DAttrs")
     a = op.attrs
-    inp, filt, out = tensor_at(op, inputs, 0), tensor_at(op, inputs, 1), outputs[0]
-    bias = inputs[2] if len(inputs) == 3 else None
-    for t, role in ((inp, "input"), (filt, "filter"), (out, "output")):
-        check_rank(op, t, (4,), role)
-    is_int8 = check_conv_dtypes(op, inp, filt, bias, out)
+    inp, filt, out, bias, is_int8 = _conv_tensors(op, inputs, outputs)
     n, h, w, cin = inp.shape
     one, kh, kw, cout = filt.shape
     if one != 1:
