@@ -91,6 +91,8 @@ def plot_curves(report: TrainReport, path: Path, title: str) -> None:
     if all(e.test_accuracy is not None for e in report.epochs):
         b.plot(epochs, [100 * (e.test_accuracy or 0.0) for e in report.epochs], marker="o", label="test")
     b.set_xlabel("epoch")
+    b.set_xticks(epochs)
+    b.set_ylim(0, 100)
     b.set_ylabel("accuracy (%)")
     b.legend()
     fig.suptitle(title)
