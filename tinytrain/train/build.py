@@ -134,8 +134,12 @@ def build_training_program(graph: Graph, scheme: ResolvedScheme) -> TrainingProg
     producer = graph.producer()
     folded = [producer[str(s.op.inputs[0])] for s in steps if s.target(0) != s.op.inputs[0]]
     first_live = min([*trained, *folded])
-    keep = {n for s in steps for n in s.op.inputs if n is not None}
-    fused = fuse_frozen_blocks(graph, first_live, keep=keep)
+    # Inverted-residual blocks run as row-streamed fused kernels wherever none of their
+    # internal activations is needed whole: in the frozen stage, and in the live part when
+    # the backward only needs the clamp masks of the block's ops (the fused kernel emits
+    # them row by row) but no saved input channels.
+    keep = {str(s.target(0)) for s in steps if s.params.save_channels}
+    fused = fuse_frozen_blocks(graph, len(graph.ops), keep=keep)
     return TrainingProgram(
         graph=graph,
         scheme=scheme,

@@ -73,6 +73,8 @@ def program_memory(program: TrainingProgram, sample_bytes: int | None = None, ba
             reads: tuple[str | None, ...] = (u.input,)
             writes: tuple[str, ...] = (u.output,)
             requests.append(BufferRequest(f"scratch:{u.output}", u.scratch_bytes, s, s, BufferKind.SCRATCH))
+            for i in u.op_indices:  # masks of the block's ops are emitted at this step
+                fwd_step_of_op[i] = s
             steps.append(StepInfo(s, "forward", f"fused block ops {u.start}..{u.stop - 1} -> {u.output}"))
         else:
             op = graph.ops[u]

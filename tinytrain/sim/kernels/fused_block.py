@@ -38,7 +38,7 @@ no row of the input is read after the output row with the same index is written,
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -296,10 +296,26 @@ def _inplace_safe(g: Geometry, dw_rows: PaddedRows, lead: ConvParams | None, lea
     return True
 
 
-def run_fused_block(p: FusedBlockParams, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+MaskSinks = Mapping[str, tuple[int, int, np.ndarray]]
+
+
+def _emit(masks: MaskSinks | None, role: str, index: tuple[slice, int], rows: np.ndarray) -> None:
+    """Writes the clamp mask (``lo < y < hi``) of one row of an internal tensor."""
+    if masks is not None and role in masks:
+        lo, hi, sink = masks[role]
+        sink[index] = (rows > lo) & (rows < hi)
+
+
+def run_fused_block(
+    p: FusedBlockParams, x: np.ndarray, out: np.ndarray | None = None, masks: MaskSinks | None = None
+) -> np.ndarray:
     """Runs the fused chain on ``x`` (N, H, W, C_in) int8; returns the block output.
 
     ``out`` may be given to write into (it may be ``x`` itself when ``p.inplace_ok``).
+    ``masks`` maps a role (``"lead"``, ``"depthwise"``, ``"project"``) to
+    ``(act_min, act_max, sink)``: the kernel writes, row by row as it computes them, the
+    1-bit clamp masks of those ops' outputs (bool, the op's output shape with batch N)
+    that a training backward pass needs, although the outputs themselves never exist.
     """
     n = x.shape[0]
     if x.dtype != np.int8 or tuple(x.shape[1:]) != p.in_shape[1:]:
@@ -334,7 +350,9 @@ def run_fused_block(p: FusedBlockParams, x: np.ndarray, out: np.ndarray | None =
             elif window is None:
                 p.dw_rows.fill(ring[r % ring_n], r, x[:, src])
             else:
-                p.dw_rows.fill(ring[r % ring_n], r, window.row(x, src))
+                lead_row = window.row(x, src)
+                _emit(masks, "lead", (slice(None), src), lead_row)
+                p.dw_rows.fill(ring[r % ring_n], r, lead_row)
         next_row = max(next_row, top + ring_n)
         # depthwise: one output row from the kh ring rows of its window
         for ky in range(g.kh):
@@ -347,9 +365,11 @@ def run_fused_block(p: FusedBlockParams, x: np.ndarray, out: np.ndarray | None =
                     np.multiply(v, p.dw.taps[ky, kx], out=tmp)
                     acc += tmp
         dw_row = p.dw.requant.apply(acc)
+        _emit(masks, "depthwise", (slice(None), oy), dw_row)
         # projection (1×1) of that row, then the residual ADD
         pacc = dw_row.reshape(n * g.out_w, p.mid_channels).astype(w_proj.dtype) @ w_proj
         proj_row = p.proj.requant.apply(pacc).reshape(n, g.out_w, c_out)
+        _emit(masks, "project", (slice(None), oy), proj_row)
         if p.add is None:
             out[:, oy] = proj_row
         else:
