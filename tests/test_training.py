@@ -116,7 +116,7 @@ def test_backward_is_pruned_to_the_scheme(ckpt_graph, spec: str) -> None:  # typ
     first = min(p.layer.op_index for p in resolved.trained)
     assert program.first_live_op <= first  # a PAD folded into the first layer's backward runs live too
     # Every backward step, with the steps fused into a depthwise step right after it.
-    steps = [s for b in program.backward for s in (b, b.fused_with) if s is not None]
+    steps = list(program.all_steps)
     assert all(b.op_index >= first for b in steps)
     # The earliest trained layer computes no input gradient; ops are visited in reverse order.
     earliest = [b for b in steps if b.op_index == first]

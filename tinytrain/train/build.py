@@ -12,7 +12,9 @@ while another layer runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from tinytrain.errors import UsageError
 from tinytrain.ir.graph import Graph
@@ -62,18 +64,24 @@ class TrainingProgram:
     backward: tuple[BackwardStep, ...]  # in execution order (reverse op order)
     loss: SoftmaxCEParams
     logits: str
+    _by_op: Mapping[int, BackwardStep] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_op", MappingProxyType({b.op_index: b for b in self.all_steps}))
 
     @property
     def trained_layers(self) -> tuple[LayerPlan, ...]:
         return self.scheme.trained
 
+    @property
+    def all_steps(self) -> tuple[BackwardStep, ...]:
+        """Every op's backward step in execution order, a fused conv step right after the
+        depthwise step it is fused into."""
+        return tuple(s for b in self.backward for s in (b, b.fused_with) if s is not None)
+
     def backward_of(self, op_index: int) -> BackwardStep | None:
-        for b in self.backward:
-            if b.op_index == op_index:
-                return b
-            if b.fused_with is not None and b.fused_with.op_index == op_index:
-                return b.fused_with
-        return None
+        """The backward step of an op (also when it is fused into another step)."""
+        return self._by_op.get(op_index)
 
 
 def _descendants_of_trained(graph: Graph, trained_ops: set[int]) -> set[str]:

@@ -29,7 +29,7 @@ from tinytrain.passes.strip_softmax import strip_softmax
 from tinytrain.train.build import TrainingProgram, build_training_program
 from tinytrain.train.memory import ProgramMemory, plan_program, program_memory
 from tinytrain.train.planner import Plan
-from tinytrain.train.scheme import ResolvedScheme, Update, get_scheme, load_scheme_file, resolve
+from tinytrain.train.scheme import ResolvedScheme, Scheme, Update, get_scheme, load_scheme_file, resolve
 
 MODEL_FILE = "model.tflite"
 SCHEME_FILE = "scheme.json"
@@ -92,8 +92,13 @@ def prepare_graph(model: str | Path, classes: int | None, head_init: HeadInit, s
 
 
 def compile_graph(graph: Graph, scheme_spec: str, options: CompileOptions) -> Compiled:
+    return compile_scheme(graph, get_scheme(scheme_spec, graph), options)
+
+
+def compile_scheme(graph: Graph, scheme: Scheme, options: CompileOptions) -> Compiled:
+    """Resolves the scheme, builds the program and plans its memory within the budgets."""
     t0 = time.perf_counter()
-    resolved = resolve(get_scheme(scheme_spec, graph), graph)
+    resolved = resolve(scheme, graph)
     program = build_training_program(graph, resolved)
     memory = program_memory(program, options.sample_bytes, options.batch)
     plan = plan_program(memory, options.sram_bytes)
@@ -168,11 +173,5 @@ def load_artifact(out: Path) -> Compiled:
         batch = int(meta.get("training", {}).get("batch", 1))
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{plan_path} is corrupt: {exc}") from None
-    graph = load_tflite(model)
-    scheme = load_scheme_file(scheme_path)
     options = CompileOptions(str(scheme_path), sram_bytes=sram, flash_bytes=flash, sample_bytes=sample, batch=batch)
-    resolved = resolve(scheme, graph)
-    program = build_training_program(graph, resolved)
-    memory = program_memory(program, sample, batch)
-    plan = plan_program(memory, sram)
-    return Compiled(graph, resolved, program, memory, plan, options, 0.0)
+    return compile_scheme(load_tflite(model), load_scheme_file(scheme_path), options)

@@ -250,8 +250,7 @@ class Executor:
         of a run for a partial batch), layer by layer in backward order."""
         if self.batch == 1 or self._pending == 0:
             return
-        order = [s for b in self.program.backward for s in (b, b.fused_with) if s is not None]
-        for st in order:
+        for st in self.program.all_steps:
             slots = self._acc.get(st.op_index)
             update = st.params.update
             if slots is None or update is None:
