@@ -209,6 +209,25 @@ def test_training_is_deterministic(ckpt_graph, fmnist) -> None:  # type: ignore[
     assert any(not np.array_equal(runs[0][k], runs[2][k]) for k in runs[0])
 
 
+def test_row_streamed_backward_gives_the_same_bytes(ckpt_graph, fmnist) -> None:  # type: ignore[no-untyped-def]
+    """The device's row-streamed fused backward and the simulator's vectorised unfused
+    kernels train to the same bytes (bias-only fuses every expansion → depthwise pair)."""
+    from tinytrain.train.executor import Executor
+
+    train, _ = fmnist
+    program = build_training_program(ckpt_graph, resolve(preset("bias-only", ckpt_graph), ckpt_graph))
+    assert any(s.fused is not None for s in program.backward)
+    trainers = [Trainer(program, train.sample_shape, seed=5) for _ in range(2)]
+    trainers[1].executor = Executor(program, 5, row_streamed=True)
+    small = Dataset("s", train.images[:4], train.labels[:4])
+    for t in trainers:
+        t.fit(small, None, TrainConfig(epochs=1, lr=0.05, seed=5))
+    a, b = (t.executor.trained_tensors() for t in trainers)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    initial = Executor(program, 5).trained_tensors()
+    assert any(not np.array_equal(a[k], initial[k]) for k in a)
+
+
 def test_evaluation_matches_per_sample_forward(ckpt_graph, fmnist) -> None:  # type: ignore[no-untyped-def]
     """The batched evaluation with the trained weights equals the whole-graph simulator."""
     from tinytrain.sim.forward import Simulator

@@ -75,13 +75,16 @@ class StepResult:
 class Executor:
     """``batch`` > 1 accumulates the parameter gradients of B samples (integer
     accumulators, ``tinytrain/train/kernels/accumulate.py``) and applies the SGD step of
-    their mean once every B samples; input gradients always use the current weights."""
+    their mean once every B samples; input gradients always use the current weights.
+    ``row_streamed`` runs fused backward steps with the device's row-streamed kernel
+    instead of the (byte-identical, faster) vectorised unfused kernels."""
 
-    def __init__(self, program: TrainingProgram, seed: int, batch: int = 1) -> None:
+    def __init__(self, program: TrainingProgram, seed: int, batch: int = 1, row_streamed: bool = False) -> None:
         if not 1 <= batch <= MAX_BATCH:
             raise UsageError(f"batch must be in 1..{MAX_BATCH}, got {batch}")
         self.program = program
         self.batch = batch
+        self.row_streamed = row_streamed
         self._acc: dict[int, list[tuple[GradAccumulator, AccState] | None]] = {}
         self._pending = 0
         graph = program.graph
@@ -200,10 +203,7 @@ class Executor:
                 e = bstep.fused_with
                 w_d = self._weight(bstep)
                 assert w_d is not None
-                _, res_d, res_e = run_fused_expand_dw_backward(
-                    bstep.fused, g_out, saved.pop(i, Saved()), saved.pop(e.op_index, Saved()),
-                    w_d, self._weight(e),
-                )
+                res_d, res_e = self._fused_pair(bstep, e, g_out, saved.pop(i, Saved()), saved.pop(e.op_index, Saved()))
                 parts = ((bstep, res_d), (e, res_e))
             else:
                 weight = self._weight(bstep) if 0 in bstep.params.request.input_grads else self.weights.get(i)
@@ -233,6 +233,25 @@ class Executor:
             if self._pending == self.batch:
                 self.flush(lr, int(c))
         return StepResult(p_label=p_label, predicted=int(np.argmax(logits.reshape(-1))))
+
+    def _fused_pair(
+        self, d: BackwardStep, e: BackwardStep, g_out: Grad, saved_d: Saved, saved_e: Saved
+    ) -> tuple[BackwardResult, BackwardResult]:
+        """D's and E's results of a fused step. The row-streamed kernel (the device's, which
+        never holds D's input gradient) is byte-identical to D's and then E's unfused
+        backward (tests/test_fused_bwd.py): with ``row_streamed=False`` the simulator runs
+        the vectorised unfused kernels, several times faster in numpy."""
+        if self.row_streamed:
+            assert d.fused is not None
+            w_d = self._weight(d)
+            assert w_d is not None
+            _, res_d, res_e = run_fused_expand_dw_backward(d.fused, g_out, saved_d, saved_e, w_d, self._weight(e))
+            return res_d, res_e
+        res_d = run_backward(d.params, g_out, saved_d, self._weight(d))
+        g_mid = res_d.input_grads[0]
+        res_d = replace(res_d, input_grads={})
+        weight_e = self._weight(e) if 0 in e.params.request.input_grads else self.weights.get(e.op_index)
+        return res_d, run_backward(e.params, g_mid, saved_e, weight_e)
 
     def _accumulate(self, st: BackwardStep, res: BackwardResult) -> None:
         slots = self._acc.setdefault(st.op_index, [None, None])
