@@ -197,7 +197,10 @@ def xorshift32(state: int) -> int:
 
 
 def fmix32(h: int) -> int:
-    """MurmurHash3's 32-bit finalizer (a bijection that mixes all bits)."""
+    """MurmurHash3's 32-bit finalizer (a bijection that mixes all bits).
+
+    C twin: tt_fmix32 in firmware_templates/runtime/src/tt_prng.c.
+    """
     h &= _MASK32
     h ^= h >> 16
     h = (h * 0x85EBCA6B) & _MASK32
@@ -332,6 +335,7 @@ class Preprocess:
         return resize_bilinear_u8(images, self.rows, self.cols)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        """C twin: tt_preprocess_u8_s8 in firmware_templates/runtime/src/tt_preprocess.c (one sample per call)."""
         resized = self.resize(images)
         if resized.ndim == 3:
             resized = resized[..., None]

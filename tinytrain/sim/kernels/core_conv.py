@@ -363,6 +363,7 @@ def tiled_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def run_conv(p: ConvParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+    """C twin: tt_conv_s8 in firmware_templates/runtime/src/tt_conv.c (int8 path)."""
     x = args[0]
     assert x is not None
     n = x.shape[0]
@@ -468,6 +469,7 @@ def _blocks(n: int, rows: int, row_size: int) -> list[tuple[int, int, int, int]]
 
 
 def run_depthwise(p: DepthwiseParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+    """C twin: tt_depthwise_conv_s8 in firmware_templates/runtime/src/tt_conv.c (int8 path)."""
     x = args[0]
     assert x is not None
     g = p.geom

@@ -152,6 +152,7 @@ def prepare_fully_connected(op: Op, inputs: Inputs, outputs: Outputs) -> FullyCo
 
 
 def run_fully_connected(p: FullyConnectedParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+    """C twin: tt_fc_s8 in firmware_templates/runtime/src/tt_fc.c (int8 path)."""
     x = args[0]
     assert x is not None
     rows = x.size // p.accum

@@ -94,6 +94,7 @@ def prepare_pool(op: Op, inputs: Inputs, outputs: Outputs) -> PoolParams:
 
 
 def run_pool(p: PoolParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+    """C twin: tt_avg_pool_s8 / tt_max_pool_s8 in firmware_templates/runtime/src/tt_pool.c (int8 path)."""
     x = args[0]
     assert x is not None
     g = p.geom

@@ -103,6 +103,7 @@ def _reduced_last(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
 
 
 def run_reduce(p: ReduceParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+    """C twin: tt_mean_s8 in firmware_templates/runtime/src/tt_pool.c (int8, consecutive axes)."""
     x = args[0]
     assert x is not None
     outer = x.size // p.n if p.n else math.prod(d for i, d in enumerate(x.shape) if i not in p.axes)

@@ -95,6 +95,7 @@ def prepare_expand_dims(op: Op, inputs: Inputs, outputs: Outputs) -> ReshapePara
 
 
 def run_reshape(p: ReshapeParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+    """C twin: tt_reshape_s8 in firmware_templates/runtime/src/tt_shape.c."""
     x = args[0]
     assert x is not None
     if x.shape == p.in_shape or not p.out_shape:
@@ -255,6 +256,7 @@ def prepare_pad(op: Op, inputs: Inputs, outputs: Outputs) -> PadParams:
 
 
 def run_pad(p: PadParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+    """C twin: tt_pad_s8 in firmware_templates/runtime/src/tt_shape.c (int8, rank <= 4)."""
     x = args[0]
     assert x is not None
     return (np.pad(x, p.pads, mode="constant", constant_values=p.value),)

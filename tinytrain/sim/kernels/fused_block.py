@@ -316,6 +316,8 @@ def run_fused_block(
     ``(act_min, act_max, sink)``: the kernel writes, row by row as it computes them, the
     1-bit clamp masks of those ops' outputs (bool, the op's output shape with batch N)
     that a training backward pass needs, although the outputs themselves never exist.
+
+    C twin: tt_fused_block_s8 (and tt_fused_block_stream_s8) in firmware_templates/runtime/src/tt_fused_block.c
     """
     n = x.shape[0]
     if x.dtype != np.int8 or tuple(x.shape[1:]) != p.in_shape[1:]:

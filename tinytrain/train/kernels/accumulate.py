@@ -130,7 +130,10 @@ class AccState:
 
 
 def acc_init(p: GradAccumulator) -> AccState:
-    """An empty accumulator (all mantissas 0, exponents 0, count 0)."""
+    """An empty accumulator (all mantissas 0, exponents 0, count 0).
+
+    C twin: tt_acc_init in firmware_templates/runtime/src/tt_accumulate.c.
+    """
     return AccState(np.zeros(p.shape, dtype=p.dtype), np.zeros(p.rows, dtype=np.int32), 0)
 
 
@@ -202,7 +205,10 @@ def _state(p: GradAccumulator, m: np.ndarray, e: np.ndarray, n: int) -> AccState
 
 
 def acc_add(p: GradAccumulator, s: AccState, grad: np.ndarray, e: int | np.ndarray) -> AccState:
-    """``s + grad · 2^e`` (``e``: one exponent, or one per row); a new state, ``n + 1``."""
+    """``s + grad · 2^e`` (``e``: one exponent, or one per row); a new state, ``n + 1``.
+
+    C twin: tt_acc_add_s64 / tt_acc_add_row_s64 in firmware_templates/runtime/src/tt_accumulate.c.
+    """
     g = _to_rows(p, _check_grad(p, grad))
     eg = np.broadcast_to(np.asarray(e, dtype=np.int64), (p.rows,))
     mg, eg = _norm_rows(g, eg, p.bits)
@@ -211,7 +217,10 @@ def acc_add(p: GradAccumulator, s: AccState, grad: np.ndarray, e: int | np.ndarr
 
 
 def mean_multiplier(batch: int) -> tuple[int, int]:
-    """``(μ_B, k)``: ``k = ⌊log2 B⌋``, ``μ_B = round(2^(30 + k) / B)`` (integer rounding, halves up)."""
+    """``(μ_B, k)``: ``k = ⌊log2 B⌋``, ``μ_B = round(2^(30 + k) / B)`` (integer rounding, halves up).
+
+    C twin: tt_acc_mean in firmware_templates/runtime/src/tt_accumulate.c.
+    """
     if not 1 <= batch <= MAX_BATCH:
         raise UsageError(f"batch size must be in [1, {MAX_BATCH}], got {batch}")
     k = batch.bit_length() - 1
@@ -230,7 +239,10 @@ def acc_value(s: AccState) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mom_step(p: GradAccumulator, v: AccState, grad: np.ndarray, e: int | np.ndarray, mu_q15: int) -> AccState:
-    """Momentum ``v ← μ·v + grad · 2^e`` with ``μ = mu_q15 / 2^15`` (``0 ≤ mu_q15 ≤ 2^15``)."""
+    """Momentum ``v ← μ·v + grad · 2^e`` with ``μ = mu_q15 / 2^15`` (``0 ≤ mu_q15 ≤ 2^15``).
+
+    C twin: tt_mom_step_s64 / tt_mom_step_acc in firmware_templates/runtime/src/tt_accumulate.c.
+    """
     if not 0 <= mu_q15 <= 1 << Q15_SHIFT:
         raise UsageError(f"momentum must be a Q15 value in [0, 32768], got {mu_q15}")
     t, et = _norm_rows(_to_rows(p, v.m) * np.int64(mu_q15), v.e.astype(np.int64) - Q15_SHIFT, p.bits)
@@ -253,7 +265,10 @@ def update_weights_rows(
 ) -> np.ndarray:
     """:func:`update_weights` with one exponent per output channel (row): row ``o`` gets
     exactly the update ``update_weights`` computes for it with ``e_y = e_rows[o]``; the
-    PRNG draws are consumed in the same order (row by row)."""
+    PRNG draws are consumed in the same order (row by row).
+
+    C twin: tt_acc_update_weights_s8 in firmware_templates/runtime/src/tt_accumulate.c.
+    """
     e_rows = np.asarray(e_rows, dtype=np.int64).reshape(-1)
     out = np.array(w, dtype=np.int8, copy=True)
     if up.kind is OpKind.DEPTHWISE_CONV_2D:
@@ -275,7 +290,10 @@ def update_weights_rows(
 def update_bias_rows(
     up: UpdateParams, b: np.ndarray, grad: np.ndarray, e_rows: np.ndarray, lr: tuple[int, int], c_t: int
 ) -> np.ndarray:
-    """:func:`update_bias` with one exponent per element."""
+    """:func:`update_bias` with one exponent per element.
+
+    C twin: tt_acc_update_bias_s32 in firmware_templates/runtime/src/tt_accumulate.c.
+    """
     e_rows = np.asarray(e_rows, dtype=np.int64).reshape(-1)
     flat = np.asarray(b, dtype=np.int32).reshape(-1)
     g = np.asarray(grad, dtype=np.int64).reshape(-1)

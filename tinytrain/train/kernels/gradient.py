@@ -56,6 +56,8 @@ def normalize(acc: np.ndarray, e_acc: int, bits: int = GRAD_BITS) -> Grad:
     ``r = bitlen(max|acc|) − bits``; a negative ``r`` shifts left (exact), a positive one
     is ``RoundingDivideByPOT(acc, r)``; the exponent becomes ``e_acc + r``. An all-zero
     accumulator gives ``g = 0`` with ``e = e_acc``. ``|g| ≤ 2^bits``.
+
+    C twin: tt_normalize_s32 / tt_normalize_s64 in firmware_templates/runtime/src/tt_grad.c.
     """
     if not 1 <= bits <= GRAD_BITS:
         raise UsageError(f"gradient bits must be in [1, {GRAD_BITS}], got {bits}")

@@ -194,7 +194,9 @@ def _rows(a: np.ndarray, width: int) -> np.ndarray:
 
 def select_input_channels(p: LinearBwdParams, x: np.ndarray, channels: Sequence[int] | np.ndarray) -> np.ndarray:
     """What the forward pass saves for the weight gradient: ``x[..., channels]``
-    (fully connected: the columns of ``x`` read as ``(rows, in)``)."""
+    (fully connected: the columns of ``x`` read as ``(rows, in)``).
+
+    C twin: tt_linear_save_input_s8 in firmware_templates/runtime/src/tt_linear_bwd.c."""
     c = _channels(channels, p.in_channels)
     if p.kind is OpKind.FULLY_CONNECTED:
         return np.ascontiguousarray(_rows(x, p.in_channels)[:, c])
@@ -213,7 +215,9 @@ def _tap(a: np.ndarray, g: Geometry, ky: int, kx: int) -> np.ndarray:
 
 
 def input_grad(p: LinearBwdParams, w_q: np.ndarray, g_y: Grad) -> Grad:
-    """``dL/dx`` from the current int8 weights ``w_q`` and the masked output gradient."""
+    """``dL/dx`` from the current int8 weights ``w_q`` and the masked output gradient.
+
+    C twin: tt_linear_bwd_input_s16 in firmware_templates/runtime/src/tt_linear_bwd.c."""
     gp = _scaled_grad(p, g_y)
     w = np.asarray(w_q)
     if p.kind is OpKind.FULLY_CONNECTED:
@@ -239,13 +243,17 @@ def input_grad(p: LinearBwdParams, w_q: np.ndarray, g_y: Grad) -> Grad:
 
 
 def bias_grad(p: LinearBwdParams, g_y: Grad) -> np.ndarray:
-    """``B[o] = Σ_pos g_y[pos, o]`` (int64, real gradient ``B · 2^e_y``)."""
+    """``B[o] = Σ_pos g_y[pos, o]`` (int64, real gradient ``B · 2^e_y``).
+
+    C twin: tt_linear_bwd_bias_s16 in firmware_templates/runtime/src/tt_linear_bwd.c."""
     return _rows(g_y.g, p.out_channels).sum(axis=0, dtype=np.int64)
 
 
 def weight_grad(p: LinearBwdParams, g_y: Grad, x_sub: np.ndarray, channels: Sequence[int] | np.ndarray) -> np.ndarray:
     """``G`` for the input channels ``channels`` (int64, layout of ``w[..., channels]``;
-    real gradient ``G · s_in · 2^e_y``). ``x_sub`` is :func:`select_input_channels`'s."""
+    real gradient ``G · s_in · 2^e_y``). ``x_sub`` is :func:`select_input_channels`'s.
+
+    C twin: tt_linear_bwd_weight_row_s16 (one row per call) in firmware_templates/runtime/src/tt_linear_bwd.c."""
     c = _channels(channels, p.in_channels)
     n = c.size
     xs = np.asarray(x_sub).astype(np.int64) - p.in_zp

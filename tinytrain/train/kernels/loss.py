@@ -50,7 +50,9 @@ def prepare_softmax_ce(logits: Tensor) -> SoftmaxCEParams:
 def softmax_ce_grad(p: SoftmaxCEParams, logits_q: np.ndarray, label: int) -> tuple[Grad, int]:
     """Gradient of ``−ln softmax(logits)[label]`` w.r.t. the real logits, and the
     integer probability of the label ``P_label ∈ [0, 65535]`` (``p = P / 65536``; the host
-    reports the loss ``−ln p``). The gradient has the shape of ``logits_q``."""
+    reports the loss ``−ln p``). The gradient has the shape of ``logits_q``.
+
+    C twin: tt_softmax_ce_grad_s8 in firmware_templates/runtime/src/tt_loss.c."""
     if not 0 <= label < p.classes:
         raise UsageError(f"label {label} out of range for {p.classes} classes")
     x = np.asarray(logits_q)

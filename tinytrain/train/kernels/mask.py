@@ -38,12 +38,16 @@ def unpack_mask(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def clamp_mask(y_q: np.ndarray, act_min: int, act_max: int) -> np.ndarray:
-    """Packed mask of ``act_min < y_q < act_max`` (``y_q``: the clamped int8 output)."""
+    """Packed mask of ``act_min < y_q < act_max`` (``y_q``: the clamped int8 output).
+
+    C twin: tt_clamp_mask_s8 (chunked: tt_clamp_mask_s8_at) in firmware_templates/runtime/src/tt_mask.c."""
     y = np.asarray(y_q)
     return pack_mask((y > act_min) & (y < act_max))
 
 
 def apply_mask(grad: Grad, packed: np.ndarray) -> Grad:
-    """The gradient with the masked-out elements set to 0 (same exponent)."""
+    """The gradient with the masked-out elements set to 0 (same exponent).
+
+    C twin: tt_apply_mask_s16 in firmware_templates/runtime/src/tt_mask.c."""
     keep = unpack_mask(packed, grad.shape)
     return Grad(np.where(keep, grad.g, np.int16(0)).astype(np.int16), grad.e)

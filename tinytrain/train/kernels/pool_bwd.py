@@ -108,7 +108,9 @@ def prepare_avg_pool_backward(op: Op, inputs: Inputs, outputs: Outputs) -> PoolB
 
 
 def pool_input_grad(p: PoolBwdParams, g_y: Grad) -> Grad:
-    """``dL/dx`` of a MEAN or AVERAGE_POOL_2D from its output gradient."""
+    """``dL/dx`` of a MEAN or AVERAGE_POOL_2D from its output gradient.
+
+    C twin: tt_mean_bwd_s16 / tt_avgpool_bwd_s16 in firmware_templates/runtime/src/tt_pool_bwd.c."""
     gp = rounding_divide_by_pot(g_y.g.astype(np.int64).reshape(p.keep_shape) * p.mu, Q15_BITS)
     g = p.geom
     if g is None:

@@ -21,7 +21,10 @@ _MASK = 0xFFFFFFFF
 
 
 def next_state(x: int) -> int:
-    """One xorshift32 step on a Python int (the reference the C code implements)."""
+    """One xorshift32 step on a Python int (the reference the C code implements).
+
+    C twin: tt_xorshift32 in firmware_templates/runtime/include/tt_prng.h.
+    """
     x ^= (x << 13) & _MASK
     x ^= x >> 17
     x ^= (x << 5) & _MASK
@@ -29,7 +32,10 @@ def next_state(x: int) -> int:
 
 
 def seed_state(seed: int) -> np.ndarray:
-    """A fresh PRNG state (uint32[1]) from a non-zero 32-bit seed."""
+    """A fresh PRNG state (uint32[1]) from a non-zero 32-bit seed.
+
+    C twin: tt_prng_seed in firmware_templates/runtime/src/tt_prng.c.
+    """
     s = int(seed) & _MASK
     if s == 0:
         raise UsageError("the xorshift32 seed must be non-zero modulo 2^32")
@@ -66,7 +72,10 @@ _JUMPS = _jump_tables(40)
 
 
 def draws(state: np.ndarray, n: int) -> np.ndarray:
-    """The next ``n`` draws (uint32[n]); advances ``state`` (uint32[1]) in place."""
+    """The next ``n`` draws (uint32[n]); advances ``state`` (uint32[1]) in place.
+
+    C twin: tt_prng_draws in firmware_templates/runtime/src/tt_prng.c.
+    """
     if state.dtype != np.uint32 or state.shape != (1,) or int(state[0]) == 0:
         raise UsageError("the PRNG state must be a non-zero uint32 array of one element")
     if n <= 0:

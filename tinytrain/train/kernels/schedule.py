@@ -31,7 +31,10 @@ COSINE_Q15: tuple[int, ...] = tuple(
 
 
 def schedule_factor(schedule: Schedule, step: int, total_steps: int) -> int:
-    """``c_t`` in Q15 for step ``step`` (0-based) of ``total_steps``."""
+    """``c_t`` in Q15 for step ``step`` (0-based) of ``total_steps``.
+
+    C twin: tt_schedule_factor in firmware_templates/runtime/src/tt_schedule.c.
+    """
     if schedule is Schedule.CONSTANT:
         return Q15_ONE
     if total_steps <= 0 or step < 0:

@@ -73,7 +73,9 @@ def _to_input(g_y: Grad, in_shape: tuple[int, ...]) -> Grad:
 
 
 def add_input_grads(p: AddBwdParams, g_y: Grad) -> tuple[Grad, Grad]:
-    """Gradients of both ADD inputs from the (masked) output gradient."""
+    """Gradients of both ADD inputs from the (masked) output gradient.
+
+    C twin: tt_add_bwd_s16 (one input per call) in firmware_templates/runtime/src/tt_shape_bwd.c."""
     return _to_input(g_y, p.in_shapes[0]), _to_input(g_y, p.in_shapes[1])
 
 
@@ -101,6 +103,7 @@ def prepare_pad_backward(op: Op, inputs: Inputs, outputs: Outputs) -> PadBwdPara
 
 
 def pad_input_grad(p: PadBwdParams, g_y: Grad) -> Grad:
+    """C twin: tt_pad_bwd_s16 in firmware_templates/runtime/src/tt_shape_bwd.c."""
     index = tuple(slice(lo, lo + d) for d, (lo, _) in zip(p.in_shape, p.pads, strict=True))
     return Grad(np.ascontiguousarray(g_y.g[index]), g_y.e)
 
@@ -121,4 +124,5 @@ def prepare_reshape_backward(op: Op, inputs: Inputs, outputs: Outputs) -> Reshap
 
 
 def reshape_input_grad(p: ReshapeBwdParams, g_y: Grad) -> Grad:
+    """C twin: tt_reshape_bwd_s16 in firmware_templates/runtime/src/tt_shape_bwd.c."""
     return g_y.reshape(p.in_shape)

@@ -85,7 +85,10 @@ def prepare_update(op: Op, inputs: Inputs, outputs: Outputs) -> UpdateParams:
 def combine_multipliers(
     q: np.ndarray, shift: np.ndarray, lr: tuple[int, int], c_t: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel step multipliers ``(M, S)``: ``M · 2^(S − 31) ≈ (q · 2^(shift−31)) · lr · c_t / 2^15``."""
+    """Per-channel step multipliers ``(M, S)``: ``M · 2^(S − 31) ≈ (q · 2^(shift−31)) · lr · c_t / 2^15``.
+
+    C twin: tt_update_combine in firmware_templates/runtime/src/tt_update.c.
+    """
     q_lr, shift_lr = lr
     if not 0 <= q_lr < 2**31 or not 0 <= c_t <= Q15_ONE:
         raise UsageError(f"bad step factors: q_lr {q_lr} (needs [0, 2^31)), c_t {c_t} (needs [0, 32768])")
@@ -111,7 +114,10 @@ def _saturating_left(p: np.ndarray, left: np.ndarray, limit: int) -> np.ndarray:
 
 
 def stochastic_shift(p: np.ndarray, r: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Stochastic rounding of ``p / 2^r`` with the uint32 draws ``u`` (see module doc)."""
+    """Stochastic rounding of ``p / 2^r`` with the uint32 draws ``u`` (see module doc).
+
+    C twin: tt_update_stochastic_shift in firmware_templates/runtime/src/tt_update.c.
+    """
     p = np.asarray(p, dtype=np.int64)
     r = np.broadcast_to(np.asarray(r, dtype=np.int64), p.shape)
     u64 = np.asarray(u).astype(np.int64)
@@ -123,7 +129,10 @@ def stochastic_shift(p: np.ndarray, r: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 
 def rounding_shift(p: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """``p / 2^r`` rounded half away from zero (``r ≥ 1``), or a left shift saturated at ±2^32."""
+    """``p / 2^r`` rounded half away from zero (``r ≥ 1``), or a left shift saturated at ±2^32.
+
+    C twin: tt_update_rounding_shift in firmware_templates/runtime/src/tt_update.c.
+    """
     p = np.asarray(p, dtype=np.int64)
     r = np.broadcast_to(np.asarray(r, dtype=np.int64), p.shape)
     right = rounding_divide_by_pot(p, np.clip(r, 0, MAX_SHIFT))
@@ -150,7 +159,10 @@ def update_weights(
 ) -> np.ndarray:
     """New int8 weights: ``w`` (full, IR layout) with the slice ``w[..., channels]``
     (``w[:, channels]`` for fully connected) moved by the weight gradient ``grad`` (int64,
-    layout of that slice, real gradient ``grad · s_in · 2^e_y``). Draws from ``state``."""
+    layout of that slice, real gradient ``grad · s_in · 2^e_y``). Draws from ``state``.
+
+    C twin: tt_update_weights_s8 in firmware_templates/runtime/src/tt_update.c (one row: tt_update_weight_row_s8).
+    """
     dw = p.kind is OpKind.DEPTHWISE_CONV_2D
     c = _channels(channels, w.shape[-1])
     sub = w[..., c]
@@ -181,7 +193,10 @@ def update_weights(
 def update_bias(
     p: UpdateParams, b: np.ndarray, grad: np.ndarray, e_y: int, lr: tuple[int, int], c_t: int
 ) -> np.ndarray:
-    """New int32 biases from the bias gradient ``grad`` (int64 [cout], real ``grad · 2^e_y``)."""
+    """New int32 biases from the bias gradient ``grad`` (int64 [cout], real ``grad · 2^e_y``).
+
+    C twin: tt_update_bias_s32 in firmware_templates/runtime/src/tt_update.c.
+    """
     g = np.asarray(grad, dtype=np.int64).reshape(-1, 1)
     if g.shape[0] != p.b_mult.size or b.size != p.b_mult.size:
         raise UsageError(f"bias of {b.size} and gradient of {g.shape[0]} values for {p.b_mult.size} channels")

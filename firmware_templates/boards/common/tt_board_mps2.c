@@ -1,0 +1,94 @@
+/*
+ * Board support of the QEMU targets qemu-m4 (machine mps2-an386, Cortex-M4F) and qemu-m7
+ * (mps2-an500, Cortex-M7): CMSDK APB UART0, semihosting exit, SysTick instruction counter
+ * (common/tt_counter_systick.c). QEMU needs no clock set-up.
+ *
+ * UART0 (CMSDK APB UART, 0x40004000) is QEMU's first -serial. The board layer polls it:
+ * the transmitter waits while TX is full, the receiver while RX is empty. Enabling RX is
+ * followed by one read of DATA, without which QEMU delays the first host byte (~1 s).
+ *
+ * tt_board_exit uses the semihosting call SYS_EXIT_EXTENDED (QEMU must run with
+ * `-semihosting-config enable=on,target=native`; without it the BKPT faults).
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tt_board.h"
+#include "tt_board_config.h"
+#include "tt_cortexm.h"
+
+#define TT_UART0_DATA TT_REG32(0x40004000u)
+#define TT_UART0_STATE TT_REG32(0x40004004u)   /* bit 0: TX full, bit 1: RX full */
+#define TT_UART0_CTRL TT_REG32(0x40004008u)    /* bit 0: TX enable, bit 1: RX enable */
+#define TT_UART0_BAUDDIV TT_REG32(0x40004010u) /* >= 16 */
+#define TT_UART_STATE_TXFULL (1u << 0)
+#define TT_UART_STATE_RXFULL (1u << 1)
+#define TT_UART_CTRL_TXEN (1u << 0)
+#define TT_UART_CTRL_RXEN (1u << 1)
+
+/* Semihosting (ARM "Semihosting for AArch32 and AArch64", v2.0). */
+#define TT_SEMIHOST_SYS_EXIT_EXTENDED 0x20u
+#define TT_SEMIHOST_ADP_STOPPED_APPLICATION_EXIT 0x20026u
+
+static int tt_uart_ready;
+
+const char *tt_board_name(void) { return TT_BOARD_NAME; }
+
+void tt_board_uart_init(void) {
+    TT_UART0_CTRL = 0u;
+    TT_UART0_BAUDDIV = 16u;
+    TT_UART0_CTRL = TT_UART_CTRL_TXEN | TT_UART_CTRL_RXEN;
+    (void)TT_UART0_DATA; /* lets QEMU deliver the first received byte at once */
+    tt_uart_ready = 1;
+}
+
+/* The QEMU UART needs no clock: it is brought up on first use (e.g. by a fault report
+ * before main() ran tt_board_init). */
+static void tt_uart_ensure(void) {
+    if (!tt_uart_ready) {
+        tt_board_uart_init();
+    }
+}
+
+void tt_board_uart_putc(uint8_t c) {
+    tt_uart_ensure();
+    while (TT_UART0_STATE & TT_UART_STATE_TXFULL) {
+    }
+    TT_UART0_DATA = c;
+}
+
+int tt_board_uart_getc(void) {
+    tt_uart_ensure();
+    while (!(TT_UART0_STATE & TT_UART_STATE_RXFULL)) {
+    }
+    return (int)(TT_UART0_DATA & 0xFFu);
+}
+
+void tt_board_uart_write(const void *buf, size_t n) {
+    const uint8_t *p = (const uint8_t *)buf;
+    for (size_t i = 0; i < n; ++i) {
+        tt_board_uart_putc(p[i]);
+    }
+}
+
+size_t tt_board_uart_read(void *buf, size_t n) {
+    uint8_t *p = (uint8_t *)buf;
+    for (size_t i = 0; i < n; ++i) {
+        p[i] = (uint8_t)tt_board_uart_getc();
+    }
+    return n;
+}
+
+void tt_board_init(void) {
+    tt_board_uart_init();
+    tt_counter_init();
+}
+
+void tt_board_exit(int status) {
+    uint32_t block[2] = {TT_SEMIHOST_ADP_STOPPED_APPLICATION_EXIT, (uint32_t)status};
+    register uint32_t r0 __asm__("r0") = TT_SEMIHOST_SYS_EXIT_EXTENDED;
+    register uint32_t *r1 __asm__("r1") = block;
+    __asm__ volatile("bkpt 0xAB" : "+r"(r0) : "r"(r1) : "memory");
+    for (;;) {
+    }
+}
