@@ -1,0 +1,715 @@
+"""Lowering: a compiled training program → an ordered, frozen list of C kernel calls.
+
+No C text is produced here: a :class:`Lowered` holds data only (kernel names, the
+arguments as :data:`Arg` values, ``static const`` params structs as nested field values,
+flash arrays as numpy arrays) and :mod:`codegen.emit` renders it with Jinja2 templates.
+
+Every call does what :meth:`tinytrain.train.executor.Executor.step` does, in its order:
+the whole forward pass (the device has no frozen-feature cache) from the native sample
+(``tt_preprocess_u8_s8``, streamed into the first fused block when the plan has no model
+input buffer), with the clamp masks and saved input channels of the live ops; the softmax
+cross-entropy gradient; the backward steps with their updates (input gradients first,
+with the old weights; then per layer the weight rows and the bias, the PRNG draws in the
+simulator's order). Every buffer is the plan's (``Plan.offset``); gradients ``grad:X`` are
+laid out as [int32 exponent][int16 mantissas].
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from codegen.cparams import backward as cb
+from codegen.cparams import forward as cf
+from codegen.cparams import fused_block as cfb
+from codegen.cparams import update as cu
+from tinytrain.errors import UsageError
+from tinytrain.ir.graph import Graph
+from tinytrain.ir.ops import OpKind
+from tinytrain.passes.fuse_blocks import FusedBlock
+from tinytrain.sim.kernels.fused_block import prepare_fused_block
+from tinytrain.train.build import BackwardStep
+from tinytrain.train.compile import Compiled
+from tinytrain.train.data import preprocess_for_graph
+from tinytrain.train.kernels.mask import mask_nbytes
+from tinytrain.train.memory import unfused_on_device
+
+GRAD_EXP_BYTES = 4  # grad:X = [int32 exponent][int16 mantissas]
+
+# ------------------------------------------------------------------ arguments
+
+
+@dataclass(frozen=True)
+class ArenaPtr:
+    """``(ctype *)(tt_arena + offset)``: a planned buffer (plus a byte offset inside it)."""
+
+    buffer: str
+    offset: int
+    ctype: str
+
+
+@dataclass(frozen=True)
+class ArenaValue:
+    """``*(const ctype *)(tt_arena + offset)``: a scalar read from the arena (an exponent)."""
+
+    buffer: str
+    offset: int
+    ctype: str
+
+
+@dataclass(frozen=True)
+class Sym:
+    """A flash symbol (an array name, or ``&name`` of a params struct)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Lit:
+    value: int
+
+
+@dataclass(frozen=True)
+class Local:
+    """A name of the generated function's scope (``sample``, ``row``, ``&step``, ``NULL``...)."""
+
+    text: str
+
+
+Arg = ArenaPtr | ArenaValue | Sym | Lit | Local
+NULL = Local("NULL")
+
+
+@dataclass(frozen=True)
+class Call:
+    kernel: str
+    comment: str
+    args: tuple[Arg, ...]
+    phase: str  # forward | loss | backward
+
+
+@dataclass(frozen=True)
+class Loop:
+    """``for (row = 0; row < count; ++row) { calls }``."""
+
+    count: int
+    comment: str
+    calls: tuple[Call, ...]
+    phase: str
+
+
+Item = Call | Loop
+
+# ------------------------------------------------------------------ constants
+
+
+@dataclass(frozen=True, eq=False)
+class ConstArray:
+    name: str
+    ctype: str
+    values: np.ndarray  # 1-D
+    comment: str
+
+
+@dataclass(frozen=True)
+class StructInit:
+    """A struct initialiser: (field, value) pairs; values are ints, tuples of ints (arrays,
+    possibly nested), :class:`StructInit` or an :data:`Arg` (pointer fields)."""
+
+    fields: tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class ConstStruct:
+    name: str
+    ctype: str
+    init: StructInit
+    comment: str
+
+
+@dataclass(frozen=True)
+class TrainedTensor:
+    """A trained tensor as the device holds it: ``buffer`` (the arena slice) of ``dtype``;
+    ``channels`` the trained input channels of a weight (the slice ``w[..., channels]``,
+    fully connected ``w[:, channels]``), empty for a bias (whole)."""
+
+    name: str
+    buffer: str
+    dtype: str
+    shape: tuple[int, ...]  # of the full tensor
+    channels: tuple[int, ...]
+    kind: OpKind
+    flash: str  # the initial slice's flash array
+
+
+@dataclass(frozen=True)
+class Lowered:
+    calls: tuple[Item, ...]
+    arrays: tuple[ConstArray, ...]
+    structs: tuple[ConstStruct, ...]
+    trained: tuple[TrainedTensor, ...]
+    arena_size: int
+    offsets: Mapping[str, int]
+    sample_bytes: int
+    sample_shape: tuple[int, ...]
+    sample_buffer: str | None  # "sample" when the plan holds the native sample
+    logits: ArenaPtr
+    classes: int
+    preprocess: str  # the preprocess params struct name
+    stream_row_source: bool
+    kernels: tuple[str, ...] = field(default=())
+
+
+_CTYPE = {
+    np.dtype(np.int8): "int8_t",
+    np.dtype(np.uint8): "uint8_t",
+    np.dtype(np.int16): "int16_t",
+    np.dtype(np.uint16): "uint16_t",
+    np.dtype(np.int32): "int32_t",
+    np.dtype(np.int64): "int64_t",
+}
+
+
+def c_ident(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", text)
+
+
+class _Builder:
+    def __init__(self, compiled: Compiled) -> None:
+        self.c = compiled
+        self.graph: Graph = compiled.program.graph
+        self.plan = compiled.plan
+        self.items: list[Item] = []
+        self.arrays: list[ConstArray] = []
+        self.structs: list[ConstStruct] = []
+        self._array_keys: dict[tuple[str, bytes], str] = {}
+        self._names: set[str] = set()
+        self.trained: list[TrainedTensor] = []
+
+    # ---------------------------------------------------------------- helpers
+
+    def name(self, hint: str) -> str:
+        base = "tt_" + c_ident(hint)[:48]
+        n, k = base, 1
+        while n in self._names:
+            k += 1
+            n = f"{base}_{k}"
+        self._names.add(n)
+        return n
+
+    def array(self, hint: str, values: np.ndarray, comment: str = "") -> Sym:
+        a = np.ascontiguousarray(values).reshape(-1)
+        ctype = _CTYPE[a.dtype]
+        key = (ctype, a.tobytes())
+        if key in self._array_keys:
+            return Sym(self._array_keys[key])
+        nm = self.name(hint)
+        self._array_keys[key] = nm
+        self.arrays.append(ConstArray(nm, ctype, a, comment))
+        return Sym(nm)
+
+    def struct(self, hint: str, ctype: str, init: StructInit, comment: str = "") -> Sym:
+        nm = self.name(hint)
+        self.structs.append(ConstStruct(nm, ctype, init, comment))
+        return Sym("&" + nm)
+
+    def has(self, buf: str) -> bool:
+        return any(p.name == buf for p in self.plan.buffers)
+
+    def arena(self, buf: str, ctype: str, skip: int = 0) -> ArenaPtr:
+        return ArenaPtr(buf, self.plan.offset(buf) + skip, ctype)
+
+    def grad(self, tensor: str, buf: str | None = None) -> tuple[ArenaPtr, ArenaPtr, ArenaValue]:
+        """(mantissas, exponent pointer, exponent value) of a gradient buffer."""
+        b = buf or f"grad:{tensor}"
+        off = self.plan.offset(b)
+        return ArenaPtr(b, off + GRAD_EXP_BYTES, "int16_t"), ArenaPtr(b, off, "int32_t"), ArenaValue(b, off, "int32_t")
+
+    def call(self, kernel: str, comment: str, args: Sequence[Arg], phase: str) -> None:
+        self.items.append(Call(kernel, comment, tuple(args), phase))
+
+    def act(self, tensor: str) -> Arg:
+        t = self.graph.tensor(tensor)
+        if t.data is not None:
+            return self.array(f"c_{tensor}", np.asarray(t.data), f"constant {tensor}")
+        return self.arena(f"act:{tensor}", "int8_t")
+
+    # ---------------------------------------------------------------- trained params
+
+    def trained_weight(self, i: int) -> tuple[Arg, BackwardStep | None]:
+        """(w_train arena pointer or NULL, the backward step) of op i."""
+        st = self.c.program.backward_of(i)
+        if st is None or not st.params.request.weight_channels:
+            return NULL, st
+        w = str(self.graph.ops[i].inputs[1])
+        return self.arena(f"train:{w}", "int8_t"), st
+
+    def bias_arg(self, i: int) -> Arg:
+        op = self.graph.ops[i]
+        if len(op.inputs) < 3 or op.inputs[2] is None:
+            return NULL
+        b = op.inputs[2]
+        st = self.c.program.backward_of(i)
+        if st is not None and st.params.request.bias:
+            return self.arena(f"train:{b}", "int32_t")
+        data = self.graph.tensor(b).data
+        assert data is not None
+        return self.array(f"b_{b}", np.asarray(data, dtype=np.int32), f"bias {b}")
+
+    def weight_arg(self, i: int) -> Sym:
+        w = str(self.graph.ops[i].inputs[1])
+        data = self.graph.tensor(w).data
+        assert data is not None
+        return self.array(f"w_{w}", np.asarray(data, dtype=np.int8), f"weights {w}")
+
+    def patch_arg(self, i: int) -> Arg:
+        w_train, st = self.trained_weight(i)
+        if st is None or w_train is NULL:
+            return NULL
+        ch = self.array(f"ch_{i}", np.asarray(st.params.request.weight_channels, dtype=np.uint16))
+        init = StructInit((("n", len(st.params.request.weight_channels)), ("ch", ch), ("w_train", w_train)))
+        return self.struct(f"patch_{i}", "tt_weight_patch", init, f"trained channels of op {i}")
+
+
+def ctypes_init(s: ctypes.Structure, ptrs: Mapping[str, Arg], prefix: str = "") -> StructInit:
+    """The initialiser of a ctypes struct; pointer fields from ``ptrs`` by path (else NULL)."""
+    out: list[tuple[str, Any]] = []
+    for entry in s._fields_:
+        name, ctype = entry[0], entry[1]
+        path = prefix + name
+        v = getattr(s, name)
+        if isinstance(v, ctypes.Structure):
+            out.append((name, ctypes_init(v, ptrs, path + ".")))
+        elif isinstance(v, ctypes.Array):
+            out.append((name, _array_value(v)))
+        elif (isinstance(ctype, type) and issubclass(ctype, ctypes._Pointer)) or ctype is ctypes.c_void_p:
+            out.append((name, ptrs.get(path, NULL)))
+        else:
+            out.append((name, int(v)))
+    return StructInit(tuple(out))
+
+
+def _array_value(v: Any) -> Any:
+    if isinstance(v, ctypes.Array):
+        if len(v) and isinstance(v[0], ctypes.Structure):
+            return tuple(ctypes_init(e, {}) for e in v)
+        return tuple(_array_value(e) for e in v)
+    if isinstance(v, ctypes.Structure):
+        return ctypes_init(v, {})
+    return int(v)
+
+
+# ------------------------------------------------------------------ forward
+
+
+def _forward_op(b: _Builder, i: int) -> None:
+    g = b.graph
+    op = g.ops[i]
+    ins, outs = g.op_inputs(op), g.op_outputs(op)
+    k = op.kind
+    desc = f"op {i} {k.value} -> {op.outputs[0]}"
+    out = b.arena(f"act:{op.outputs[0]}", "int8_t")
+    if k in (OpKind.CONV_2D, OpKind.DEPTHWISE_CONV_2D, OpKind.FULLY_CONNECTED):
+        conv: dict[OpKind, tuple[Any, str, str]] = {
+            OpKind.CONV_2D: (cf.conv_c_params, "tt_conv_params", "tt_conv_s8"),
+            OpKind.DEPTHWISE_CONV_2D: (cf.depthwise_c_params, "tt_dw_params", "tt_depthwise_conv_s8"),
+            OpKind.FULLY_CONNECTED: (cf.fc_c_params, "tt_fc_params", "tt_fc_s8"),
+        }
+        fn, ctype, kernel = conv[k]
+        cp = fn(op, ins, outs)
+        ptrs = {p: b.array(f"q_{i}_{p}", a) for p, a in cp.arrays.items()}
+        ps = b.struct(f"p_{i}", ctype, ctypes_init(cp.struct, ptrs), desc)
+        args = (ps, b.act(str(op.inputs[0])), b.weight_arg(i), b.bias_arg(i), b.patch_arg(i), out)
+        b.call(kernel, desc, args, "forward")
+    elif k is OpKind.ADD:
+        cp = cf.add_c_params(op, ins, outs)
+        ps = b.struct(f"p_{i}", "tt_add_params", ctypes_init(cp.struct, {}), desc)
+        b.call("tt_add_s8", desc, (ps, b.act(str(op.inputs[0])), b.act(str(op.inputs[1])), out), "forward")
+    elif k in (OpKind.AVERAGE_POOL_2D, OpKind.MAX_POOL_2D):
+        cp = cf.pool_c_params(op, ins, outs)
+        ps = b.struct(f"p_{i}", "tt_pool_params", ctypes_init(cp.struct, {}), desc)
+        kernel = "tt_avg_pool_s8" if k is OpKind.AVERAGE_POOL_2D else "tt_max_pool_s8"
+        b.call(kernel, desc, (ps, b.act(str(op.inputs[0])), out), "forward")
+    elif k in (OpKind.MEAN, OpKind.SUM):
+        cp = cf.mean_c_params(op, ins, outs)
+        ps = b.struct(f"p_{i}", "tt_mean_params", ctypes_init(cp.struct, {}), desc)
+        b.call("tt_mean_s8", desc, (ps, b.act(str(op.inputs[0])), out), "forward")
+    elif k in (OpKind.PAD, OpKind.PADV2):
+        cp = cf.pad_c_params(op, ins, outs)
+        ps = b.struct(f"p_{i}", "tt_pad_params", ctypes_init(cp.struct, {}), desc)
+        b.call("tt_pad_s8", desc, (ps, b.act(str(op.inputs[0])), out), "forward")
+    elif k in (OpKind.RESHAPE, OpKind.SQUEEZE, OpKind.EXPAND_DIMS):
+        cp = cf.reshape_c_params(op, ins, outs)
+        ps = b.struct(f"p_{i}", "tt_reshape_params", ctypes_init(cp.struct, {}), desc)
+        b.call("tt_reshape_s8", desc, (ps, b.act(str(op.inputs[0])), out), "forward")
+    else:
+        raise UsageError(f"{op.describe()}: the C code generator has no kernel for {k.value}")
+    _after_forward(b, i, op.outputs[0])
+
+
+def _linear_bwd(b: _Builder, st: BackwardStep) -> Sym:
+    """The ``tt_linear_bwd_params`` of a linear step (one struct per op)."""
+    nm = f"lb_{st.op_index}"
+    for s in b.structs:
+        if s.name.startswith("tt_" + nm) and s.ctype == "tt_linear_bwd_params":
+            return Sym("&" + s.name)
+    clb = cb.linear_bwd_struct(st.params.kernel, st.params.request.weight_channels)
+    ptrs: dict[str, Arg] = {"mu": b.array(f"mu_{st.op_index}", clb.mu)}
+    if clb.channels.size:
+        ptrs["channels"] = b.array(f"chan_{st.op_index}", clb.channels)
+        ptrs["slot"] = b.array(f"slot_{st.op_index}", clb.slot)
+    return b.struct(nm, "tt_linear_bwd_params", ctypes_init(clb.struct, ptrs), f"backward of {st.op.describe()}")
+
+
+def _after_forward(b: _Builder, i: int, out_name: str, block_input: str | None = None) -> None:
+    """Clamp mask and saved channels of a live op (the executor's save_forward)."""
+    if i < b.c.program.first_live_op:
+        return
+    st = b.c.program.backward_of(i)
+    if st is None:
+        return
+    if st.params.clamp is not None and block_input is None:
+        lo, hi = st.params.clamp
+        n = b.graph.tensor(out_name).size
+        b.call(
+            "tt_clamp_mask_s8",
+            f"clamp mask of op {i}",
+            (b.arena(f"act:{out_name}", "int8_t"), Lit(n), Lit(lo), Lit(hi), b.arena(f"mask:{out_name}", "uint8_t")),
+            "forward",
+        )
+    if st.params.save_channels:
+        src = str(st.target(0))
+        b.call(
+            "tt_linear_save_input_s8",
+            f"save the trained input channels of op {i}",
+            (_linear_bwd(b, st), b.act(src), b.arena(f"saved:{src}@{i}", "int8_t")),
+            "forward",
+        )
+
+
+def _fused_block(b: _Builder, u: FusedBlock, stream_from: Arg | None) -> None:
+    g = b.graph
+    prog = b.c.program
+    p = prepare_fused_block(g, list(u.op_indices))
+    chain = p.chain
+    roles = {"lead": chain.lead, "depthwise": chain.depthwise, "project": chain.project}
+    bounds: dict[str, tuple[int, int]] = {}
+    masks: dict[str, Arg] = {}
+    for role, i in roles.items():
+        if i is None or i < prog.first_live_op:
+            continue
+        st = prog.backward_of(i)
+        if st is not None and st.params.clamp is not None:
+            bounds[role] = st.params.clamp
+            masks[role] = b.arena(f"mask:{g.ops[i].outputs[0]}", "uint8_t")
+    fb = cfb.fused_block_c(g, u, bounds)
+    desc = f"fused block ops {u.start}..{u.stop - 1} -> {u.output}"
+    ptrs: dict[str, Arg] = {}
+    stages = {"lead": fb.lead, "dw": fb.dw, "proj": fb.proj}
+    for nm, stage in stages.items():
+        if stage is None:
+            continue
+        ptrs[f"{nm}.weights"] = b.array(f"fw_{u.start}_{nm}", stage.weights)
+        ptrs[f"{nm}.multiplier"] = b.array(f"fq_{u.start}_{nm}", stage.multiplier)
+        ptrs[f"{nm}.shift"] = b.array(f"fs_{u.start}_{nm}", stage.shift)
+    ps = b.struct(f"fb_{u.start}", "tt_fused_block_params", ctypes_init(fb.to_ctypes().struct, ptrs), desc)
+    # saved input channels of the block's lead conv (its input is the block input)
+    for i in u.op_indices:
+        if i >= prog.first_live_op:
+            st = prog.backward_of(i)
+            if st is not None and st.params.save_channels:
+                _after_forward(b, i, g.ops[i].outputs[0], block_input=u.input)
+    biases = [NULL if r is None else b.bias_arg(r) for r in (chain.lead, chain.depthwise, chain.project)]
+    mask_args = [masks.get(r, NULL) for r in ("lead", "depthwise", "project")]
+    out = b.arena(f"act:{u.output}", "int8_t")
+    scratch = b.arena(f"scratch:{u.output}", "void")
+    if stream_from is not None:
+        ctx = Local("(void *)sample")
+        args: tuple[Arg, ...] = (ps, Local("tt_sample_row"), ctx, *biases, out, *mask_args, scratch)
+        b.call("tt_fused_block_stream_s8", desc + " (input rows preprocessed from the sample)", args, "forward")
+    else:
+        args = (ps, b.act(u.input), *biases, out, *mask_args, scratch)
+        b.call("tt_fused_block_s8", desc, args, "forward")
+    if chain.add is not None and chain.add >= prog.first_live_op:
+        st = prog.backward_of(chain.add)
+        if st is not None and st.params.clamp is not None:
+            _after_forward(b, chain.add, u.output)
+
+
+# ------------------------------------------------------------------ backward
+
+
+def _backward_step(b: _Builder, st: BackwardStep, have: set[str]) -> None:
+    g = b.graph
+    op = st.op
+    i = st.op_index
+    out = op.outputs[0]
+    gy, _, ey = b.grad(out)
+    n_out = g.tensor(out).size
+    desc = st.op.describe()
+    if st.params.clamp is not None:
+        b.call(
+            "tt_apply_mask_s16",
+            f"mask the output gradient of op {i}",
+            (gy, b.arena(f"mask:{out}", "uint8_t"), Lit(n_out), gy),
+            "backward",
+        )
+    sums: list[tuple[str, str]] = []
+
+    def dest(k: int) -> tuple[ArenaPtr, ArenaPtr]:
+        target = st.target(k)
+        assert target is not None
+        if target in have:
+            buf = f"grad-sum:{target}@{i}"
+            sums.append((target, buf))
+            gx, ex, _ = b.grad(target, buf)
+        else:
+            gx, ex, _ = b.grad(target)
+        return gx, ex
+
+    req = st.params.request
+    k = op.kind
+    kp = st.params.kernel
+    if k in (OpKind.CONV_2D, OpKind.DEPTHWISE_CONV_2D, OpKind.FULLY_CONNECTED):
+        lb = _linear_bwd(b, st)
+        if 0 in req.input_grads:
+            gx, ex = dest(0)
+            w_train, _ = b.trained_weight(i)
+            buf = f"scratch:bwd-in:{i}"
+            scratch: Arg = b.arena(buf, "void") if b.has(buf) else NULL
+            b.call(
+                "tt_linear_bwd_input_s16",
+                f"input gradient of {desc}",
+                (lb, b.weight_arg(i), w_train, gy, ey, gx, ex, scratch),
+                "backward",
+            )
+        _finish_sums(b, sums, have, st)
+        if st.params.update is not None:
+            w_name = str(op.inputs[1])
+            w_shape = g.tensor(w_name).shape
+            ua = cu.update_arrays(st.params.update, w_shape, req.weight_channels)
+            uptrs: dict[str, Arg] = {
+                "w_mult": b.array(f"uwm_{i}", ua.w_mult),
+                "w_shift": b.array(f"uws_{i}", ua.w_shift),
+                "b_mult": b.array(f"ubm_{i}", ua.b_mult),
+                "b_shift": b.array(f"ubs_{i}", ua.b_shift),
+            }
+            if ua.row_channel is not None:
+                uptrs["row_channel"] = b.array(f"urc_{i}", ua.row_channel)
+            us = cu.update_struct(ua)
+            up = b.struct(f"up_{i}", "tt_update_params", ctypes_init(us.struct, uptrs), f"update of {desc}")
+            if req.weight_channels:
+                src = str(st.target(0))
+                row = b.arena(f"wgrad-row:{w_name}", "int64_t")
+                w_train = b.arena(f"train:{w_name}", "int8_t")
+                body = (
+                    Call(
+                        "tt_linear_bwd_weight_row_s16",
+                        "weight-gradient row",
+                        (lb, gy, b.arena(f"saved:{src}@{i}", "int8_t"), Local("row"), row),
+                        "backward",
+                    ),
+                    Call(
+                        "tt_update_weight_row_s8",
+                        "SGD step of the row",
+                        (up, Local("&step"), Local("row"), row, ey, w_train, Local("prng")),
+                        "backward",
+                    ),
+                )
+                b.items.append(Loop(ua.rows, f"weights of {desc}: one row at a time", body, "backward"))
+            if req.bias:
+                b_name = str(op.inputs[2])
+                bg = b.arena(f"bgrad:{b_name}", "int64_t")
+                b.call("tt_linear_bwd_bias_s16", f"bias gradient of {desc}", (lb, gy, bg), "backward")
+                b.call(
+                    "tt_update_bias_s32",
+                    f"SGD step of the bias of {desc}",
+                    (up, Local("&step"), bg, ey, b.arena(f"train:{b_name}", "int32_t")),
+                    "backward",
+                )
+            _record_trained(b, st)
+        return
+    if k in (OpKind.MEAN, OpKind.AVERAGE_POOL_2D):
+        cp = cb.pool_bwd_struct(kp)
+        if k is OpKind.MEAN:
+            ps = b.struct(f"pb_{i}", "tt_mean_bwd_params", ctypes_init(cp.struct, {}), f"backward of {desc}")
+            kernel = "tt_mean_bwd_s16"
+        else:
+            ps = b.struct(
+                f"pb_{i}",
+                "tt_avgpool_bwd_params",
+                ctypes_init(cp.struct, {"mu": b.array(f"pmu_{i}", cp.mu)}),
+                f"backward of {desc}",
+            )
+            kernel = "tt_avgpool_bwd_s16"
+        if 0 in req.input_grads:
+            gx, ex = dest(0)
+            b.call(kernel, f"input gradient of {desc}", (ps, gy, ey, gx, ex), "backward")
+    elif k is OpKind.ADD:
+        s = cb.add_bwd_struct(kp)
+        ps = b.struct(f"ab_{i}", "tt_add_bwd_params", ctypes_init(s, {}), f"backward of {desc}")
+        for which in sorted(req.input_grads):
+            gx, ex = dest(which)
+            b.call(
+                "tt_add_bwd_s16", f"gradient of input {which} of {desc}", (ps, Lit(which), gy, ey, gx, ex), "backward"
+            )
+    elif k in (OpKind.PAD, OpKind.PADV2):
+        s2 = cb.pad_bwd_struct(kp)
+        ps = b.struct(f"pdb_{i}", "tt_pad_bwd_params", ctypes_init(s2, {}), f"backward of {desc}")
+        if 0 in req.input_grads:
+            gx, ex = dest(0)
+            b.call("tt_pad_bwd_s16", f"input gradient of {desc}", (ps, gy, ey, gx, ex), "backward")
+    elif k in (OpKind.RESHAPE, OpKind.SQUEEZE, OpKind.EXPAND_DIMS):
+        if 0 in req.input_grads:
+            gx, ex = dest(0)
+            b.call("tt_reshape_bwd_s16", f"input gradient of {desc}", (Lit(n_out), gy, ey, gx, ex), "backward")
+    else:
+        raise UsageError(f"{op.describe()}: the C code generator has no backward kernel for {k.value}")
+    _finish_sums(b, sums, have, st)
+
+
+def _finish_sums(b: _Builder, sums: list[tuple[str, str]], have: set[str], st: BackwardStep) -> None:
+    for target, buf in sums:
+        ga, _, ea = b.grad(target)
+        gb, _, eb = b.grad(target, buf)
+        _, ep, _ = b.grad(target)
+        n = b.graph.tensor(target).size
+        b.call("tt_add_grads_s16", f"sum the second gradient of {target}", (ga, ea, gb, eb, Lit(n), ga, ep), "backward")
+    sums.clear()
+    req = st.params.request
+    for k in sorted(req.input_grads):
+        t = st.target(k)
+        if t is not None:
+            have.add(t)
+
+
+def _record_trained(b: _Builder, st: BackwardStep) -> None:
+    g = b.graph
+    op = st.op
+    req = st.params.request
+    if req.weight_channels:
+        w = str(op.inputs[1])
+        data = g.tensor(w).data
+        assert data is not None
+        sl = cb.trained_slice(op.kind, np.asarray(data), req.weight_channels)
+        flash = b.array(f"init_{w}", sl.astype(np.int8), f"initial trained slice of {w}")
+        b.trained.append(
+            TrainedTensor(w, f"train:{w}", "int8", tuple(data.shape), tuple(req.weight_channels), op.kind, flash.text)
+        )
+    if req.bias:
+        bn = str(op.inputs[2])
+        data = g.tensor(bn).data
+        assert data is not None
+        flash = b.array(f"b_{bn}", np.asarray(data, dtype=np.int32), f"bias {bn}")
+        b.trained.append(TrainedTensor(bn, f"train:{bn}", "int32", tuple(data.shape), (), op.kind, flash.text))
+
+
+# ------------------------------------------------------------------ driver
+
+
+def check_supported(compiled: Compiled) -> None:
+    """Raises UsageError for what the generator does not implement yet."""
+    o = compiled.options
+    if o.batch != 1:
+        raise UsageError(
+            f"the C code generator supports batch 1 only (--batch {o.batch}): "
+            "gradient accumulation is not generated yet"
+        )
+    if o.momentum_q15:
+        raise UsageError(f"the C code generator does not generate momentum yet (--momentum {o.momentum})")
+    if o.sample_bytes is None:
+        raise UsageError(
+            "the C code generator needs a program compiled with --sample-shape (device-side preprocessing)"
+        )
+    for st in compiled.program.backward:
+        if st.fused_project is not None:
+            raise UsageError(
+                f"{st.op.describe()}: the fused projection→depthwise→expansion backward has no C kernel yet "
+                "(compile with a scheme or budget that does not fuse it)"
+            )
+        if st.fused is not None:
+            raise UsageError(f"{st.op.describe()}: the fused expansion→depthwise backward is not generated yet")
+
+
+def lower(compiled: Compiled, sample_shape: Sequence[int]) -> Lowered:
+    """The kernel calls of one training step (and of inference) for native samples of ``sample_shape``."""
+    check_supported(compiled)
+    b = _Builder(compiled)
+    prog = compiled.program
+    g = b.graph
+    shape = tuple(int(d) for d in sample_shape)
+    pre = preprocess_for_graph(g, shape)
+    sample_bytes = int(np.prod(shape))
+    if compiled.options.sample_bytes is not None and compiled.options.sample_bytes != sample_bytes:
+        raise UsageError(
+            f"samples of shape {list(shape)} have {sample_bytes} bytes; "
+            f"the program was compiled for {compiled.options.sample_bytes}"
+        )
+    cp = cf.preprocess_c_params(pre)
+    pptrs = {p: b.array(f"pre_{c_ident(p)}", a) for p, a in cp.arrays.items()}
+    pre_sym = b.struct(
+        "preprocess", "tt_preprocess_params", ctypes_init(cp.struct, pptrs), "native sample -> model input"
+    )
+    inp = g.inputs[0]
+    streamed = not b.has(f"act:{inp}")
+    sample_buffer = "sample" if b.has("sample") else None
+    sample_arg: Arg = Local("sample")  # the arena copy when the plan holds the sample
+    units = prog.fused.units()
+    if not streamed:
+        b.call(
+            "tt_preprocess_u8_s8",
+            "native sample -> model input",
+            (pre_sym, sample_arg, b.arena(f"act:{inp}", "int8_t")),
+            "forward",
+        )
+    for k, u in enumerate(units):
+        if isinstance(u, FusedBlock):
+            if unfused_on_device(prog, u):
+                for i in u.op_indices:
+                    _forward_op(b, i)
+            else:
+                _fused_block(b, u, sample_arg if streamed and k == 0 else None)
+        else:
+            _forward_op(b, u)
+    ce = cb.softmax_ce_struct(prog.loss)
+    ce_sym = b.struct("loss", "tt_softmax_ce_params", ctypes_init(ce.struct, {}), "softmax cross-entropy")
+    gl, el, _ = b.grad(prog.logits)
+    logits = b.arena(f"act:{prog.logits}", "int8_t")
+    b.call(
+        "tt_softmax_ce_grad_s8",
+        "loss gradient",
+        (ce_sym, logits, Local("label"), gl, el, Local("&p_label"), Local("&predicted")),
+        "loss",
+    )
+    have: set[str] = set()
+    for st in prog.backward:
+        _backward_step(b, st, have)
+    kernels = sorted(
+        {it.kernel for it in b.items if isinstance(it, Call)}
+        | {c.kernel for it in b.items if isinstance(it, Loop) for c in it.calls}
+    )
+    return Lowered(
+        calls=tuple(b.items),
+        arrays=tuple(b.arrays),
+        structs=tuple(b.structs),
+        trained=tuple(b.trained),
+        arena_size=compiled.plan.arena_size,
+        offsets={p.name: p.offset for p in compiled.plan.buffers},
+        sample_bytes=sample_bytes,
+        sample_shape=shape,
+        sample_buffer=sample_buffer,
+        logits=logits,
+        classes=prog.loss.classes,
+        preprocess=pre_sym.text.lstrip("&"),
+        stream_row_source=streamed,
+        kernels=tuple(kernels),
+    )
+
+
+def mask_bytes(n: int) -> int:
+    return mask_nbytes(n)

@@ -1,0 +1,61 @@
+"""The generated C (host build) trains to the simulator's bytes: per-step (p_label,
+predicted), every trained tensor and the test logits, on Fashion-MNIST native samples."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codegen.backends import RunResult, RunSpec, run_backend
+from tinytrain.datasets import fashion_mnist
+from tinytrain.errors import UsageError
+from tinytrain.models.ship import MBV2, shipped
+from tinytrain.train.compile import Compiled, CompileOptions, compile_model
+
+STEPS = 20
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
+
+
+@pytest.fixture(scope="module")
+def spec() -> RunSpec:
+    x, y = fashion_mnist("train")
+    return RunSpec(x[:STEPS], y[:STEPS].astype(np.int64), x[1000:1006], seed=5, lr=0.05)
+
+
+def _compile(scheme: str, batch: int = 1) -> Compiled:
+    return compile_model(shipped(MBV2), CompileOptions(scheme, classes=10, sample_bytes=784, batch=batch))
+
+
+def _same(a: RunResult, b: RunResult) -> None:
+    assert a.steps == b.steps
+    assert np.array_equal(a.test_logits, b.test_logits)
+    assert sorted(a.tensors) == sorted(b.tensors)
+    for name, t in a.tensors.items():
+        assert t.dtype == b.tensors[name].dtype and np.array_equal(t, b.tensors[name]), name
+
+
+@pytest.mark.parametrize("scheme", ["last-layer", "tte"])
+def test_host_matches_simulator(scheme: str, spec: RunSpec, tmp_path: Path) -> None:
+    c = _compile(scheme)
+    sim = run_backend("sim", c, spec)
+    host = run_backend("host", c, spec, work_dir=tmp_path)
+    _same(sim, host)
+    # the run trained something: some tensor moved away from its compiled value
+    g = c.program.graph
+    assert any(not np.array_equal(t, np.asarray(g.tensor(n).data)) for n, t in host.tensors.items())
+
+
+def test_sanitized_build(spec: RunSpec, tmp_path: Path) -> None:
+    c = _compile("last-layer")
+    short = RunSpec(spec.samples[:4], spec.labels[:4], spec.test[:2], seed=1, lr=0.05)
+    _same(run_backend("sim", c, short), run_backend("host", c, short, work_dir=tmp_path, sanitize=True))
+
+
+def test_batch_refused() -> None:
+    c = _compile("last-layer", batch=2)
+    x = np.zeros((1, 28, 28), np.uint8)
+    with pytest.raises(UsageError, match="batch"):
+        run_backend("host", c, RunSpec(x, np.zeros(1, np.int64), x))
