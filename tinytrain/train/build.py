@@ -22,6 +22,7 @@ from tinytrain.ir.ops import Op, OpKind
 from tinytrain.passes.fuse_blocks import FusedGraph, fuse_frozen_blocks
 from tinytrain.train.grad_rules import GRAD_RULES, BackwardParams, BackwardRequest, prepare_backward
 from tinytrain.train.kernels.fused_bwd import FusedExpandDwParams, prepare_fused_expand_dw_backward
+from tinytrain.train.kernels.fused_bwd_project import FusedProjectParams, prepare_fused_project_backward
 from tinytrain.train.kernels.loss import SoftmaxCEParams, prepare_softmax_ce
 from tinytrain.train.layers import Layer
 from tinytrain.train.scheme import LayerPlan, ResolvedScheme
@@ -42,9 +43,30 @@ class BackwardStep:
     # E's output gradient is streamed row by row and never exists (kernels/fused_bwd.py).
     fused: FusedExpandDwParams | None = None
     fused_with: BackwardStep | None = None
+    # ... and, in front of it, with the backward of the 1×1 projection P that reads its
+    # output: D's output gradient never exists either (kernels/fused_bwd_project.py).
+    fused_from: BackwardStep | None = None
+    fused_project: FusedProjectParams | None = None
 
     def target(self, k: int) -> str | None:
         return self.targets[k] if self.targets else self.op.inputs[k]
+
+    @property
+    def parts(self) -> tuple[BackwardStep, ...]:
+        """The op steps this step runs, in the unfused execution order (P, D, E)."""
+        return tuple(s for s in (self.fused_from, self, self.fused_with) if s is not None)
+
+    @property
+    def head(self) -> BackwardStep:
+        """The part whose output gradient the step consumes (P when fused, else itself)."""
+        return self.fused_from if self.fused_from is not None else self
+
+    @property
+    def fused_scratch_bytes(self) -> int:
+        """The fused kernel's scratch (0 for an unfused step)."""
+        if self.fused_project is not None:
+            return self.fused_project.scratch_bytes
+        return self.fused.scratch_bytes if self.fused is not None else 0
 
     @property
     def op(self) -> Op:
@@ -75,9 +97,9 @@ class TrainingProgram:
 
     @property
     def all_steps(self) -> tuple[BackwardStep, ...]:
-        """Every op's backward step in execution order, a fused conv step right after the
-        depthwise step it is fused into."""
-        return tuple(s for b in self.backward for s in (b, b.fused_with) if s is not None)
+        """Every op's backward step in execution order: the steps fused into a depthwise
+        step around it (a projection right before, an expansion right after)."""
+        return tuple(s for b in self.backward for s in b.parts)
 
     def backward_of(self, op_index: int) -> BackwardStep | None:
         """The backward step of an op (also when it is fused into another step)."""
@@ -153,7 +175,7 @@ def build_training_program(graph: Graph, scheme: ResolvedScheme) -> TrainingProg
         scheme=scheme,
         fused=fused,
         first_live_op=first_live,
-        backward=tuple(_fuse_expand_dw(graph, steps)),
+        backward=tuple(_fuse_project(graph, _fuse_expand_dw(graph, steps))),
         loss=prepare_softmax_ce(graph.tensor(logits)),
         logits=logits,
     )
@@ -243,6 +265,46 @@ def _fuse_expand_dw(graph: Graph, steps: list[BackwardStep]) -> list[BackwardSte
                 k += 2
                 continue
         out.append(d)
+        k += 1
+    return out
+
+
+def _fuse_project(graph: Graph, steps: list[BackwardStep]) -> list[BackwardStep]:
+    """Puts the step of the 1×1 projection P in front of the fused depthwise step D that
+    produces its input, when D's output gradient is large: P's input gradient (that
+    output gradient) is then recomputed row by row as the fused E→D kernel reads it
+    instead of being stored. Same bytes as the unfused P, D, E steps."""
+    consumers = graph.consumers()
+    out: list[BackwardStep] = []
+    k = 0
+    while k < len(steps):
+        p = steps[k]
+        d = steps[k + 1] if k + 1 < len(steps) else None
+        pg = getattr(p.params.kernel, "geom", None)
+        y = d.op.outputs[0] if d is not None else None
+        if (
+            d is not None
+            and d.fused is not None
+            and y is not None
+            and pg is not None
+            and p.op.kind is OpKind.CONV_2D
+            and p.fused is None
+            and 0 in p.params.request.input_grads
+            and p.target(0) == y
+            and len(consumers.get(y, ())) == 1
+            and y not in graph.outputs
+            and (pg.kh, pg.kw, pg.sh, pg.sw, pg.pad_top, pg.pad_left, pg.pad_bottom, pg.pad_right)
+            == (1, 1, 1, 1, 0, 0, 0, 0)
+        ):
+            # With a ring of rows of D's output gradient, each computed once per sweep (one
+            # row recomputed at every read would save a little more scratch for up to
+            # kh_D times the MACs: not worth it where the ring does not pay).
+            fp = prepare_fused_project_backward(p.params, d.fused, ring=True)
+            if 2 * graph.tensor(y).size >= FUSE_MIN_SAVING * (fp.scratch_bytes - d.fused.scratch_bytes):
+                out.append(replace(d, fused_from=p, fused_project=fp))
+                k += 2
+                continue
+        out.append(p)
         k += 1
     return out
 

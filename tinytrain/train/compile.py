@@ -52,6 +52,18 @@ class CompileOptions:
     flash_bytes: int = 1024 * KB
     sample_bytes: int | None = None  # native sample size when the device preprocesses
     batch: int = 1  # samples whose gradients are accumulated per update
+    momentum: float = 0.0  # SGD momentum μ (0 = none); costs a state buffer per trained tensor
+
+    @property
+    def momentum_q15(self) -> int:
+        """μ in Q15 (0.9 → 29491), the integer the device uses."""
+        return momentum_q15(self.momentum)
+
+
+def momentum_q15(mu: float) -> int:
+    if not 0.0 <= mu < 1.0:
+        raise UsageError(f"momentum must be in [0, 1), got {mu}")
+    return int(mu * (1 << 15) + 0.5)
 
 
 @dataclass(frozen=True)
@@ -142,7 +154,8 @@ def plan_json(c: Compiled) -> dict[str, Any]:
             "sample_bytes": c.options.sample_bytes,
         },
         "flash": {"bytes": m.flash_bytes, "budget_bytes": c.options.flash_bytes},
-        "training": {"batch": c.options.batch},
+        "training": {"batch": c.options.batch, "momentum": c.options.momentum,
+                     "momentum_q15": c.options.momentum_q15},
         "macs": {"forward": m.macs_forward, "backward": m.macs_backward},
         "steps": [{"index": s.index, "phase": s.phase, "text": s.text} for s in m.steps],
         "plan": plan.to_json(),
@@ -171,7 +184,10 @@ def load_artifact(out: Path) -> Compiled:
         flash = int(meta["flash"]["budget_bytes"])
         sample = meta["sram"].get("sample_bytes")
         batch = int(meta.get("training", {}).get("batch", 1))
+        momentum = float(meta.get("training", {}).get("momentum", 0.0))
     except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{plan_path} is corrupt: {exc}") from None
-    options = CompileOptions(str(scheme_path), sram_bytes=sram, flash_bytes=flash, sample_bytes=sample, batch=batch)
+    options = CompileOptions(
+        str(scheme_path), sram_bytes=sram, flash_bytes=flash, sample_bytes=sample, batch=batch, momentum=momentum
+    )
     return compile_scheme(load_tflite(model), load_scheme_file(scheme_path), options)

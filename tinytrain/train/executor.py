@@ -18,6 +18,7 @@ import numpy as np
 
 from tinytrain.errors import UsageError
 from tinytrain.ir.graph import Graph
+from tinytrain.ir.ops import OpKind
 from tinytrain.ir.tensor import Tensor
 from tinytrain.sim.fixedpoint import rounding_divide_by_pot
 from tinytrain.sim.kernels import KERNELS
@@ -31,12 +32,15 @@ from tinytrain.train.kernels.accumulate import (
     acc_add,
     acc_init,
     acc_result,
+    acc_value,
     bias_accumulator,
+    mom_step,
     update_bias_rows,
     update_weights_rows,
     weight_accumulator,
 )
 from tinytrain.train.kernels.fused_bwd import run_fused_expand_dw_backward
+from tinytrain.train.kernels.fused_bwd_project import run_fused_project_backward
 from tinytrain.train.kernels.gradient import Grad, normalize
 from tinytrain.train.kernels.loss import softmax_ce_grad
 from tinytrain.train.kernels.prng import seed_state
@@ -48,13 +52,15 @@ SUM_GUARD_BITS = 16
 def add_grads(a: Grad, b: Grad) -> Grad:
     """Sum of two gradients of one tensor (a tensor read by two ops, e.g. a residual):
     the larger exponent keeps 16 guard bits, the smaller term is shifted to match
-    (rounding half away from zero when it moves right), then ``normalize``."""
+    (rounding half away from zero when it moves right), then ``normalize``.
+
+    C twin: tt_add_grads_s16 in firmware_templates/runtime/src/tt_grad.c."""
     hi, lo = (a, b) if a.e >= b.e else (b, a)
     d = hi.e - lo.e
     e_acc = hi.e - SUM_GUARD_BITS
     acc_hi = hi.g.astype(np.int64) << SUM_GUARD_BITS
     if d >= SUM_GUARD_BITS:
-        acc_lo = rounding_divide_by_pot(lo.g.astype(np.int64), d - SUM_GUARD_BITS)
+        acc_lo = rounding_divide_by_pot(lo.g.astype(np.int64), min(d - SUM_GUARD_BITS, 62))
     else:
         acc_lo = lo.g.astype(np.int64) << (SUM_GUARD_BITS - d)
     return normalize(acc_hi + acc_lo, e_acc)
@@ -62,7 +68,10 @@ def add_grads(a: Grad, b: Grad) -> Grad:
 
 def update_prng_seed(seed: int) -> int:
     """The stochastic-rounding PRNG's initial state for a run seed: MurmurHash3's
-    finalizer of ``seed + 0x2545F491`` (mod 2^32), 0x9E3779B9 if that is 0."""
+    finalizer of ``seed + 0x2545F491`` (mod 2^32), 0x9E3779B9 if that is 0.
+
+    C twin: tt_update_prng_seed in firmware_templates/runtime/src/tt_prng.c.
+    """
     return fmix32((seed + 0x2545F491) % (1 << 32)) or 0x9E3779B9
 
 
@@ -76,12 +85,21 @@ class Executor:
     """``batch`` > 1 accumulates the parameter gradients of B samples (integer
     accumulators, ``tinytrain/train/kernels/accumulate.py``) and applies the SGD step of
     their mean once every B samples; input gradients always use the current weights.
+    ``momentum_q15`` > 0 keeps a momentum buffer per trained tensor (``v ← μ·v + g``,
+    μ in Q15) and steps with ``v`` instead of the gradient.
     ``row_streamed`` runs fused backward steps with the device's row-streamed kernel
     instead of the (byte-identical, faster) vectorised unfused kernels."""
 
-    def __init__(self, program: TrainingProgram, seed: int, batch: int = 1, row_streamed: bool = False) -> None:
+    def __init__(
+        self, program: TrainingProgram, seed: int, batch: int = 1, row_streamed: bool = False, momentum_q15: int = 0
+    ) -> None:
         if not 1 <= batch <= MAX_BATCH:
             raise UsageError(f"batch must be in 1..{MAX_BATCH}, got {batch}")
+        if not 0 <= momentum_q15 < 1 << 15:
+            raise UsageError(f"momentum must be a Q15 value in [0, 32768), got {momentum_q15}")
+        self.momentum_q15 = momentum_q15
+        # Momentum buffers v (same format as the accumulators), per op: [weights, bias].
+        self._mom: dict[int, list[tuple[GradAccumulator, AccState] | None]] = {}
         self.program = program
         self.batch = batch
         self.row_streamed = row_streamed
@@ -193,18 +211,15 @@ class Executor:
         grads: dict[str, Grad] = {program.logits: g_logits}
         c = np.int64(c_t)
         for bstep in program.backward:
-            op = bstep.op
+            op = bstep.head.op
             g_out = grads.pop(op.outputs[0], None)
             if g_out is None:
                 raise UsageError(f"{op.describe()}: no gradient reached this op's output")
             i = bstep.op_index
             parts: tuple[tuple[BackwardStep, BackwardResult], ...]
-            if bstep.fused is not None and bstep.fused_with is not None:
-                e = bstep.fused_with
-                w_d = self._weight(bstep)
-                assert w_d is not None
-                res_d, res_e = self._fused_pair(bstep, e, g_out, saved.pop(i, Saved()), saved.pop(e.op_index, Saved()))
-                parts = ((bstep, res_d), (e, res_e))
+            if len(bstep.parts) > 1:
+                saved_parts = {st.op_index: saved.pop(st.op_index, Saved()) for st in bstep.parts}
+                parts = self._fused_step(bstep, g_out, saved_parts)
             else:
                 weight = self._weight(bstep) if 0 in bstep.params.request.input_grads else self.weights.get(i)
                 parts = ((bstep, run_backward(bstep.params, g_out, saved.pop(i, Saved()), weight)),)
@@ -220,6 +235,10 @@ class Executor:
                     self._accumulate(st, res)
                     continue
                 j = st.op_index
+                if self.momentum_q15:
+                    e_one = np.full(1, res.param_exponent, dtype=np.int64)
+                    self._apply_rows(st, res.weight_grad, e_one, res.bias_grad, e_one, lr, int(c))
+                    continue
                 new_w, new_b = apply_update(
                     st.params, res, self.weights.get(j), self.biases.get(j), lr, int(c), self.prng
                 )
@@ -234,24 +253,82 @@ class Executor:
                 self.flush(lr, int(c))
         return StepResult(p_label=p_label, predicted=int(np.argmax(logits.reshape(-1))))
 
-    def _fused_pair(
-        self, d: BackwardStep, e: BackwardStep, g_out: Grad, saved_d: Saved, saved_e: Saved
-    ) -> tuple[BackwardResult, BackwardResult]:
-        """D's and E's results of a fused step. The row-streamed kernel (the device's, which
-        never holds D's input gradient) is byte-identical to D's and then E's unfused
-        backward (tests/test_fused_bwd.py): with ``row_streamed=False`` the simulator runs
+    def _apply_rows(
+        self,
+        st: BackwardStep,
+        w_grad: np.ndarray | None,
+        w_e: np.ndarray | None,
+        b_grad: np.ndarray | None,
+        b_e: np.ndarray | None,
+        lr: tuple[int, int],
+        c_t: int,
+    ) -> None:
+        """The SGD step of one layer from gradients with one exponent per row (or one
+        for all: a 1-element array), through the momentum buffers when momentum is on."""
+        update = st.params.update
+        assert update is not None
+        j = st.op_index
+        grads = [(w_grad, w_e), (b_grad, b_e)]
+        if self.momentum_q15:
+            slots = self._mom.setdefault(j, [None, None])
+            for k, (g, e) in enumerate(grads):
+                if g is None or e is None:
+                    continue
+                slot = slots[k]
+                if slot is None:
+                    acc = weight_accumulator(st.op.kind, g.shape) if k == 0 else bias_accumulator(g.size)
+                    slot = (acc, acc_init(acc))
+                v = mom_step(slot[0], slot[1], g, e if e.size > 1 else int(e[0]), self.momentum_q15)
+                slots[k] = (slot[0], v)
+                grads[k] = acc_value(v)
+        (w_grad, w_e), (b_grad, b_e) = grads
+        if w_grad is not None and w_e is not None:
+            rows = self.weights[j].shape[0] if st.op.kind is not OpKind.DEPTHWISE_CONV_2D else w_grad.shape[-1]
+            e_rows = np.broadcast_to(w_e, (rows,))
+            channels = st.params.request.weight_channels
+            self.weights[j] = update_weights_rows(update, self.weights[j], w_grad, e_rows, channels, lr, c_t, self.prng)
+        if b_grad is not None and b_e is not None:
+            e_rows = np.broadcast_to(b_e, (b_grad.size,))
+            self.biases[j] = update_bias_rows(update, self.biases[j], b_grad, e_rows, lr, c_t)
+        self._prepare(j)
+
+    def _fused_step(
+        self, b: BackwardStep, g_out: Grad, saved: Mapping[int, Saved]
+    ) -> tuple[tuple[BackwardStep, BackwardResult], ...]:
+        """The results of a fused step's parts (P, D, E or D, E), from the gradient of its
+        head's output. The row-streamed kernels (the device's, which never hold D's input
+        gradient, nor D's output gradient when P is fused) are byte-identical to the
+        unfused backward of the parts in order (tests/test_fused_bwd.py,
+        tests/test_fused_project_bwd.py): with ``row_streamed=False`` the simulator runs
         the vectorised unfused kernels, several times faster in numpy."""
+        d, e, p = b, b.fused_with, b.fused_from
+        assert e is not None and d.fused is not None
+        w_d = self._weight(d)
+        assert w_d is not None
         if self.row_streamed:
-            assert d.fused is not None
-            w_d = self._weight(d)
-            assert w_d is not None
-            _, res_d, res_e = run_fused_expand_dw_backward(d.fused, g_out, saved_d, saved_e, w_d, self._weight(e))
-            return res_d, res_e
-        res_d = run_backward(d.params, g_out, saved_d, self._weight(d))
-        g_mid = res_d.input_grads[0]
-        res_d = replace(res_d, input_grads={})
-        weight_e = self._weight(e) if 0 in e.params.request.input_grads else self.weights.get(e.op_index)
-        return res_d, run_backward(e.params, g_mid, saved_e, weight_e)
+            w_e = self._weight(e)
+            if p is not None:
+                assert b.fused_project is not None
+                w_p = self._weight(p)
+                assert w_p is not None
+                _, res_p, res_d, res_e = run_fused_project_backward(
+                    b.fused_project, g_out, saved[p.op_index], saved[d.op_index], saved[e.op_index], w_p, w_d, w_e
+                )
+                return ((p, res_p), (d, res_d), (e, res_e))
+            _, res_d, res_e = run_fused_expand_dw_backward(
+                d.fused, g_out, saved[d.op_index], saved[e.op_index], w_d, w_e
+            )
+            return ((d, res_d), (e, res_e))
+        out: list[tuple[BackwardStep, BackwardResult]] = []
+        g = g_out
+        for st in b.parts:
+            weight = self._weight(st) if 0 in st.params.request.input_grads else self.weights.get(st.op_index)
+            res = run_backward(st.params, g, saved[st.op_index], weight)
+            if st is not e:  # the input gradient streamed into the next part
+                g = res.input_grads[0]
+                res = replace(res, input_grads={})
+            out.append((st, res))
+        return tuple(out)
 
     def _accumulate(self, st: BackwardStep, res: BackwardResult) -> None:
         slots = self._acc.setdefault(st.op_index, [None, None])
@@ -271,20 +348,19 @@ class Executor:
             return
         for st in self.program.all_steps:
             slots = self._acc.get(st.op_index)
-            update = st.params.update
-            if slots is None or update is None:
+            if slots is None or st.params.update is None:
                 continue
-            j = st.op_index
-            if slots[0] is not None:
-                acc, state = slots[0]
-                g, e = acc_result(acc, state, state.n)
-                channels = st.params.request.weight_channels
-                self.weights[j] = update_weights_rows(update, self.weights[j], g, e, channels, lr, c_t, self.prng)
-            if slots[1] is not None:
-                acc, state = slots[1]
-                g, e = acc_result(acc, state, state.n)
-                self.biases[j] = update_bias_rows(update, self.biases[j], g, e, lr, c_t)
-            self._prepare(j)
+            results = [acc_result(slot[0], slot[1], slot[1].n) if slot is not None else None for slot in slots]
+            w_res, b_res = results
+            self._apply_rows(
+                st,
+                None if w_res is None else w_res[0],
+                None if w_res is None else w_res[1],
+                None if b_res is None else b_res[0],
+                None if b_res is None else b_res[1],
+                lr,
+                c_t,
+            )
         self._acc.clear()
         self._pending = 0
 

@@ -57,11 +57,18 @@ Progress = Callable[[int, float, float], None]  # (steps done, running loss, run
 
 
 class Trainer:
-    def __init__(self, program: TrainingProgram, native_shape: tuple[int, ...], seed: int = 0, batch: int = 1) -> None:
+    def __init__(
+        self,
+        program: TrainingProgram,
+        native_shape: tuple[int, ...],
+        seed: int = 0,
+        batch: int = 1,
+        momentum_q15: int = 0,
+    ) -> None:
         self.program = program
         self.preprocess = preprocess_for_graph(program.graph, native_shape)
         self.prefix = Simulator(prefix_graph(program.graph, program.first_live_op))
-        self.executor = Executor(program, seed, batch)
+        self.executor = Executor(program, seed, batch, momentum_q15=momentum_q15)
         self.boundary = self.prefix.graph.outputs
 
     def features(self, images: np.ndarray) -> list[np.ndarray]:

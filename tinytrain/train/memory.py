@@ -9,7 +9,9 @@ its parameter update). Buffers:
 * saved for the backward pass: 1-bit clamp masks and the trained input channels of
   a layer's input, from the op's forward step to its backward step;
 * gradients (int16 mantissas + an int32 exponent), from the backward step that
-  produces them to the one that consumes them. An input gradient is computed in two
+  produces them to the one that consumes them; a gradient streamed between the parts of
+  a fused step (projection → depthwise → expansion) never exists, the step's scratch
+  holds its rows. An input gradient is computed in two
   passes (the maximum of its int32 sums, then the normalized int16 values), so no
   int32 copy of it exists; a weight gradient exists one output channel (int64) at a
   time, consumed at once by the update;
@@ -23,7 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tinytrain.ir.ops import OpKind
+from tinytrain.ir.graph import Graph
+from tinytrain.ir.ops import Op, OpKind
 from tinytrain.passes.fuse_blocks import FusedBlock
 from tinytrain.stats import op_macs
 from tinytrain.train.build import TrainingProgram
@@ -31,7 +34,7 @@ from tinytrain.train.kernels.accumulate import bias_accumulator, weight_accumula
 from tinytrain.train.kernels.mask import mask_nbytes
 from tinytrain.train.planner import BufferKind, BufferRequest, Plan, plan_buffers, plan_or_raise
 
-STATE_BYTES = 16  # PRNG state, step counter, learning-rate multiplier and shift
+STATE_BYTES = 24  # PRNG state, step counter, learning-rate multiplier and shift, schedule kind and length
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,15 @@ def _grad_bytes(n: int) -> int:
     return 2 * n + 4
 
 
+def _linear_input_scratch(graph: Graph, op: Op) -> int:
+    """Bytes of ``tt_linear_bwd_input_s16``'s scratch: 4·in_c (conv), 0 (depthwise), 4·out_c (FC)."""
+    if op.kind is OpKind.CONV_2D:
+        return 4 * graph.tensor(str(op.inputs[0])).shape[-1]
+    if op.kind is OpKind.FULLY_CONNECTED:
+        return 4 * graph.tensor(op.outputs[0]).shape[-1]
+    return 0
+
+
 def program_memory(program: TrainingProgram, sample_bytes: int | None = None, batch: int = 1) -> ProgramMemory:
     """``sample_bytes``: the size of one native sample (e.g. 784 for a 28×28 grey image)
     when the device preprocesses on the fly; then a stem fused with the first block reads
@@ -72,6 +84,7 @@ def program_memory(program: TrainingProgram, sample_bytes: int | None = None, ba
         if isinstance(u, FusedBlock):
             reads: tuple[str | None, ...] = (u.input,)
             writes: tuple[str, ...] = (u.output,)
+            # A stage training a channel subset reads its trained slice through a weight patch.
             requests.append(BufferRequest(f"scratch:{u.output}", u.scratch_bytes, s, s, BufferKind.SCRATCH))
             for i in u.op_indices:  # masks of the block's ops are emitted at this step
                 fwd_step_of_op[i] = s
@@ -113,22 +126,20 @@ def program_memory(program: TrainingProgram, sample_bytes: int | None = None, ba
     macs_bwd = 0
     for j, b in enumerate(program.backward):
         s = loss_step + 1 + j
-        fused = b.fused is not None and b.fused_with is not None
-        text = f"backward of op {b.op_index} {b.op.kind.value}" + (" + update" if b.trains else "")
-        if fused and b.fused_with is not None:
-            e = b.fused_with
-            text += f", fused with op {e.op_index} {e.op.kind.value}" + (" + update" if e.trains else "")
-            assert b.fused is not None
+        parts = b.parts
+        head, tail = parts[0], parts[-1]
+        text = "backward of " + ", fused with ".join(
+            f"op {st.op_index} {st.op.kind.value}" + (" + update" if st.trains else "") for st in parts
+        )
+        if len(parts) > 1:
             requests.append(
-                BufferRequest(f"scratch:fused-bwd:{b.op_index}", b.fused.scratch_bytes, s, s, BufferKind.SCRATCH)
+                BufferRequest(f"scratch:fused-bwd:{b.op_index}", b.fused_scratch_bytes, s, s, BufferKind.SCRATCH)
             )
         steps.append(StepInfo(s, "backward", text))
-        parts = (b,) if not fused or b.fused_with is None else (b, b.fused_with)
         for part in parts:
-            is_e = part is not b
             op = part.op
             out = op.outputs[0]
-            if not is_e:
+            if part is head:
                 g_last[out] = s
             fs = fwd_step_of_op.get(part.op_index, 0)
             if part.params.clamp is not None:
@@ -145,17 +156,37 @@ def program_memory(program: TrainingProgram, sample_bytes: int | None = None, ba
             for k in part.params.request.input_grads:
                 target = part.target(k)
                 assert target is not None
-                if fused and not is_e and k == 0:
-                    # E's output gradient is streamed: three passes of D's input gradient
-                    # when E's own input gradient is needed, two otherwise.
-                    e_grad = b.fused_with is not None and bool(b.fused_with.params.request.input_grads)
-                    macs_bwd += (3 if e_grad else 2) * op_macs(graph, op)
+                if part is not tail and k == 0:
+                    # Streamed between fused parts, never stored.
+                    if part is b:
+                        # D's input-gradient sums: three sweeps over D's input rows when E's
+                        # input gradient is needed, two otherwise.
+                        e_grad = bool(tail.params.request.input_grads)
+                        macs_bwd += (3 if e_grad else 2) * op_macs(graph, op)
+                    else:
+                        # P's input-gradient rows, recomputed wherever D's output gradient is read.
+                        assert b.fused_project is not None
+                        per_row = op_macs(graph, op) // max(1, b.fused_project.out_h)
+                        macs_bwd += b.fused_project.p_rows * per_row
                     continue
+                if target in g_first:
+                    # A second gradient of the tensor (e.g. a residual's): computed here,
+                    # then summed into the first one (add_grads).
+                    size = _grad_bytes(graph.tensor(target).size)
+                    name = f"grad-sum:{target}@{part.op_index}"
+                    requests.append(BufferRequest(name, size, s, s, BufferKind.GRADIENT))
                 g_first.setdefault(target, s)
                 if op.kind in (OpKind.CONV_2D, OpKind.DEPTHWISE_CONV_2D, OpKind.FULLY_CONNECTED):
                     # Two passes (max of the int32 sums, then the normalized int16 values):
-                    # no int32 buffer; twice the MACs.
+                    # no int32 buffer; twice the MACs. The int32 sums of one pixel (conv:
+                    # 4·in_c bytes) or one row's scaled output gradient (fully connected:
+                    # 4·out_c bytes) live in a scratch (tt_linear_bwd_input_scratch_bytes).
                     macs_bwd += 2 * op_macs(graph, op)
+                    lin = _linear_input_scratch(graph, op)
+                    if lin:
+                        requests.append(
+                            BufferRequest(f"scratch:bwd-in:{part.op_index}", lin, s, s, BufferKind.SCRATCH)
+                        )
             if part.layer is not None and part.params.save_channels:
                 lay = part.layer.layer
                 kh, kw = lay.kernel
@@ -176,7 +207,7 @@ def program_memory(program: TrainingProgram, sample_bytes: int | None = None, ba
                     )
                     acc = weight_accumulator(lay.kind, shape).state_bytes
                     requests.append(BufferRequest(f"acc:{op.inputs[1]}", acc, 0, 0, BufferKind.STATE))
-                if not is_e:  # a fused E's whole int64 weight gradient is in the fused scratch
+                if part is head:  # the fused D's and E's whole int64 weight gradients are in the fused scratch
                     # One output channel's int64 weight gradient, consumed by its update at once.
                     row = (kh * kw if dw else w_bytes // lay.out_channels) * 8
                     requests.append(BufferRequest(f"wgrad-row:{op.inputs[1]}", row, s, s, BufferKind.SCRATCH))
@@ -188,6 +219,11 @@ def program_memory(program: TrainingProgram, sample_bytes: int | None = None, ba
                 nb = graph.tensor(lay_b).nbytes
                 trainable += nb
                 requests.append(BufferRequest(f"train:{lay_b}", nb, 0, 0, BufferKind.TRAINABLE))
+                if part is head:
+                    # The int64 bias gradient, consumed by the update at once (a fused D's
+                    # after a fused P, and a fused E's, are in the fused kernel's scratch).
+                    nbg = 8 * graph.tensor(lay_b).size
+                    requests.append(BufferRequest(f"bgrad:{lay_b}", nbg, s, s, BufferKind.SCRATCH))
                 if batch > 1:
                     acc = bias_accumulator(graph.tensor(lay_b).size).state_bytes
                     requests.append(BufferRequest(f"acc:{lay_b}", acc, 0, 0, BufferKind.STATE))

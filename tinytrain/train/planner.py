@@ -8,14 +8,20 @@ writes the other). ``trainable`` and ``state`` buffers persist across training s
 whatever steps they give, the planner keeps them live over the whole program.
 
 Algorithm (the idea of TensorFlow Lite Micro's ``GreedyMemoryPlanner``, written here
-from scratch): take the buffers one by one in a fixed order (largest first); for each,
-collect the already placed buffers whose lifetimes intersect its own, and put it at the
-lowest offset, rounded up to its alignment, where it fits in a gap between them (or
-above all of them). The result is not optimal (the problem is NP-hard) but is usually
-within a few percent of the lower bound, the peak of live bytes over the program.
+from scratch). The persistent buffers are stacked at the bottom of the arena (largest
+first): they conflict with every other buffer, so no placement can do better with them.
+The others are placed above them one by one in a fixed order; for each, collect the
+already placed buffers whose lifetimes intersect its own, and put it at the lowest
+offset, rounded up to its alignment, where it fits in a gap between them (or above all
+of them). The result is not optimal (the problem is NP-hard) but is usually within a
+few percent of the lower bound, the peak of live bytes over the program.
 :func:`plan_buffers` tries a few orders (``ORDERS``) and keeps the smallest arena; the
 first order is TFLite Micro's (size descending), ties broken by the longer lifetime,
-then by request order, so a plan is a deterministic function of its requests.
+then by request order. Each order is then *refined*: the buffer that reaches the top of
+the arena moves to the front of the order and everything is placed again, for up to
+``REFINE_ROUNDS`` rounds (fewer for very large programs: ``REFINE_WORK``), stopping
+once the arena is within ``1/REFINE_SLACK`` of the lower bound; the smallest arena
+seen is kept. A plan is a deterministic function of its requests.
 
 Alignment: every offset is a multiple of the buffer's ``alignment`` (a power of two,
 at least ``MIN_ALIGNMENT`` = 4, the word access of every Cortex-M). The default,
@@ -56,6 +62,10 @@ class BufferKind(enum.Enum):
 
 
 PERSISTENT_KINDS = frozenset({BufferKind.TRAINABLE, BufferKind.STATE})
+
+REFINE_ROUNDS = 12  # re-placements per order (move the topmost buffer to the front) ...
+REFINE_WORK = 4800  # ... at most REFINE_WORK // n of them for n non-persistent buffers ...
+REFINE_SLACK = 512  # ... until the arena is within peak / REFINE_SLACK of the peak
 
 ORDERS = ("size", "area", "lifetime")
 """Placement orders tried by :func:`plan_buffers`: ``size`` (bytes, descending: TFLite
@@ -239,19 +249,36 @@ def plan_buffers(
     peak = int(live.max(initial=0))
     peak_step = int(np.argmax(live)) if steps else 0
 
-    best: tuple[int, str, np.ndarray] | None = None
-    for order_name in orders:
-        order = _order(order_name, sizes, firsts, lasts)
-        offsets = _greedy(order, sizes, aligns, firsts, lasts)
-        arena = int((offsets + sizes).max(initial=0))
-        if best is None or arena < best[0]:
-            best = (arena, order_name, offsets)
-    assert best is not None
-    arena, strategy, offsets = best
+    # The persistent buffers, stacked from offset 0 (size descending, then request order).
+    offsets = np.zeros(n, dtype=np.int64)
+    top = 0
+    for i in np.lexsort((np.arange(n), -sizes)).tolist():
+        if persistent[i] and sizes[i] > 0:
+            offsets[i] = -(-top // int(aligns[i])) * int(aligns[i])
+            top = int(offsets[i] + sizes[i])
+    rest = np.flatnonzero(~persistent)
+    arena = top
+    strategy = orders[0]
+    if rest.size:
+        base = -(-top // int(aligns[rest].max())) * int(aligns[rest].max())
+        s_r, a_r, f_r, l_r = sizes[rest], aligns[rest], firsts[rest], lasts[rest]
+        rounds = min(REFINE_ROUNDS, REFINE_WORK // rest.size)
+        bound = peak + peak // REFINE_SLACK - base
+        best: tuple[int, str, np.ndarray] | None = None
+        for order_name in orders:
+            order = _order(order_name, s_r, f_r, l_r)
+            a, offs = _refine(order, s_r, a_r, f_r, l_r, bound, rounds)
+            if best is None or a < best[0]:
+                best = (a, order_name, offs)
+        assert best is not None
+        offs = best[2]
+        offsets[rest] = np.where(s_r > 0, offs + base, 0)
+        arena = max(top, base + best[0]) if best[0] > 0 else top
+        strategy = best[1]
     placements = tuple(Placement(r, int(offsets[i]), int(firsts[i]), int(lasts[i])) for i, r in enumerate(reqs))
     return Plan(
         buffers=placements,
-        arena_size=arena if n else 0,
+        arena_size=arena,
         peak_live=peak,
         peak_step=peak_step,
         live_bytes=tuple(int(v) for v in live),
@@ -284,6 +311,39 @@ def _order(name: str, sizes: np.ndarray, firsts: np.ndarray, lasts: np.ndarray) 
     if name == "area":
         return np.lexsort((idx, -sizes, -(sizes * duration)))
     return np.lexsort((idx, -sizes, -duration))
+
+
+def _refine(
+    order: np.ndarray,
+    sizes: np.ndarray,
+    aligns: np.ndarray,
+    firsts: np.ndarray,
+    lasts: np.ndarray,
+    bound: int,
+    rounds: int,
+) -> tuple[int, np.ndarray]:
+    """Greedy placement in ``order``, then up to ``rounds`` re-placements, each with the
+    buffer that ends highest (the first such one in the current order) moved to the front
+    of the order; returns the smallest ``(arena, offsets)`` seen. Stops early at
+    ``bound`` (the peak of live bytes) or when the topmost buffer is already first."""
+    cur = order.tolist()
+    offsets = _greedy(order, sizes, aligns, firsts, lasts)
+    ends = offsets + sizes
+    best_arena, best = int(ends.max(initial=0)), offsets
+    for _ in range(rounds):
+        if best_arena <= bound:
+            break
+        top = int(ends.max(initial=0))
+        pos = next(k for k, i in enumerate(cur) if ends[i] == top)
+        if pos == 0:
+            break
+        cur.insert(0, cur.pop(pos))
+        offsets = _greedy(np.asarray(cur, dtype=np.int64), sizes, aligns, firsts, lasts)
+        ends = offsets + sizes
+        arena = int(ends.max(initial=0))
+        if arena < best_arena:
+            best_arena, best = arena, offsets
+    return best_arena, best
 
 
 def _greedy(

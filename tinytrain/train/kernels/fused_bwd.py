@@ -38,7 +38,9 @@ order as unfused) must run after the last pass: passes 2 and 3 read the old ``w_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -88,7 +90,10 @@ def fused_scratch_bytes(
     e_weight_taps: int,
     e_weight_channels: int,
 ) -> int:
-    """The scratch formula of the module docstring (``e_weight_taps = kh_E·kw_E``)."""
+    """The scratch formula of the module docstring (``e_weight_taps = kh_E·kw_E``).
+
+    C twin: tt_fused_ed_scratch_bytes in firmware_templates/runtime/src/tt_fused_bwd.c.
+    """
     n = ACC_BYTES * width * channels
     if e_input_grad:
         n += ACC_BYTES * width * e_in_channels
@@ -133,7 +138,7 @@ def prepare_fused_expand_dw_backward(e: BackwardParams, d: BackwardParams) -> Fu
 # ------------------------------------------------------------------ row helpers
 
 
-def _col_range(g: Geometry, k: int, pad: int, stride: int, out_n: int, in_n: int) -> tuple[int, int, int]:
+def col_range(g: Geometry, k: int, pad: int, stride: int, out_n: int, in_n: int) -> tuple[int, int, int]:
     """Output positions ``[lo, hi)`` whose tap ``k`` reads an input position inside
     ``[0, in_n)``, and the first such input position (``lo·stride + k − pad``)."""
     lo = max(0, -((k - pad) // stride))  # ⌈(pad − k) / stride⌉, ≥ 0
@@ -141,7 +146,7 @@ def _col_range(g: Geometry, k: int, pad: int, stride: int, out_n: int, in_n: int
     return lo, hi, lo * stride + k - pad
 
 
-def _mask_row(packed: np.ndarray | None, start: int, n: int) -> np.ndarray | None:
+def mask_row(packed: np.ndarray | None, start: int, n: int) -> np.ndarray | None:
     """Bits ``[start, start + n)`` of a packed row-major mask (C: read bit by bit)."""
     if packed is None:
         return None
@@ -150,7 +155,7 @@ def _mask_row(packed: np.ndarray | None, start: int, n: int) -> np.ndarray | Non
     return bits[start - 8 * b0 : start - 8 * b0 + n].astype(bool)
 
 
-def _norm_row(acc: np.ndarray, r: int) -> np.ndarray:
+def norm_row(acc: np.ndarray, r: int) -> np.ndarray:
     """One row of ``normalize`` with the tensor's global shift ``r`` (int16)."""
     if r < 0:
         a = acc << np.int64(-r)
@@ -161,33 +166,82 @@ def _norm_row(acc: np.ndarray, r: int) -> np.ndarray:
     return a.astype(np.int16)
 
 
-def _shift(m: int) -> int:
+def grad_shift(m: int) -> int:
     """``normalize``'s shift for a global ``max|acc| = m`` (0 for an all-zero tensor)."""
     return bit_length(m) - GRAD_BITS if m else 0
 
 
-class _Rows:
-    """Row access to D's and E's backward state (the C kernel's pointers and loops)."""
+@dataclass(frozen=True)
+class DwReads:
+    """How one sweep of :meth:`DwRows.acc_d_row` over D's input rows reads the rows of
+    D's output gradient: ``reads`` row reads in all (the ``(iy, ky)`` pairs that hit an
+    output row), at most ``window`` distinct rows for one input row, the last row read
+    ``last`` (−1: none). Rows are read in non-decreasing windows as ``iy`` grows."""
 
-    def __init__(self, p: FusedExpandDwParams, g_d: Grad, saved_d: Saved, saved_e: Saved, w_d: np.ndarray) -> None:
+    reads: int
+    window: int
+    last: int
+
+
+def dw_reads(g: Geometry, in_h: int) -> DwReads:
+    reads, window, last = 0, 0, -1
+    for iy in range(in_h):
+        ts = [iy + g.pad_top - ky for ky in range(g.kh)]
+        hit = [t // g.sh for t in ts if t >= 0 and t % g.sh == 0 and t // g.sh < g.out_h]
+        reads += len(hit)
+        window = max(window, len(hit))
+        last = max([last, *hit])
+    return DwReads(reads, window, last)
+
+
+class SweepHooks(Protocol):
+    """Called by :func:`stream_expand_backward` around each of its sweeps ``k`` = 1, 2, 3
+    over D's input rows (a row source that caches rows restarts there)."""
+
+    def begin(self, k: int) -> None: ...
+
+    def end(self, k: int) -> None: ...
+
+
+class DwRows:
+    """Row access to D's and E's backward state (the C kernel's pointers and loops).
+    ``d_row(oy)`` gives row ``oy`` of D's output gradient (int16 ``out_w × C``, before
+    D's clamp mask): a row of the whole tensor, or recomputed on demand."""
+
+    def __init__(
+        self,
+        p: FusedExpandDwParams,
+        d_row: Callable[[int], np.ndarray],
+        saved_d: Saved,
+        saved_e: Saved,
+        w_d: np.ndarray,
+    ) -> None:
         self.p = p
         kd = p.kd
         gd = kd.geom
         assert gd is not None
         self.gd = gd
-        self.g_d = g_d.g.reshape(gd.out_h, gd.out_w, p.channels)
+        self.d_row = d_row
         self.mask_d = saved_d.mask if p.d.clamp is not None else None
         self.mask_e = saved_e.mask if p.e.clamp is not None else None
         self.w_d = np.asarray(w_d).reshape(gd.kh, gd.kw, p.channels).astype(np.int64)
 
+    def mask_d_row(self, oy: int, row: np.ndarray) -> np.ndarray:
+        """Row ``oy`` of D's output gradient (``row``) with D's clamp mask applied (int64 ``out_w × C``)."""
+        n = self.gd.out_w * self.p.channels
+        r = np.asarray(row).reshape(self.gd.out_w, self.p.channels).astype(np.int64)
+        keep = mask_row(self.mask_d, oy * n, n)
+        if keep is not None:
+            r = np.where(keep.reshape(r.shape), r, 0)
+        return r
+
+    def masked_d_row(self, oy: int) -> np.ndarray:
+        """Row ``oy`` of D's masked output gradient (int64 ``out_w × C``)."""
+        return self.mask_d_row(oy, self.d_row(oy))
+
     def scaled_d_row(self, oy: int) -> np.ndarray:
         """``g'_D`` of output row ``oy``: masked, times μ, rounded down by ``15 + d``."""
-        n = self.gd.out_w * self.p.channels
-        row = self.g_d[oy].astype(np.int64)
-        keep = _mask_row(self.mask_d, oy * n, n)
-        if keep is not None:
-            row = np.where(keep.reshape(row.shape), row, 0)
-        return rounding_divide_by_pot(row * self.p.kd.mu, Q15_BITS + self.p.kd.drop)
+        return rounding_divide_by_pot(self.masked_d_row(oy) * self.p.kd.mu, Q15_BITS + self.p.kd.drop)
 
     def acc_d_row(self, iy: int) -> np.ndarray:
         """D's input-gradient int32 sums of input row ``iy`` (``W × C``)."""
@@ -202,7 +256,7 @@ class _Rows:
                 continue
             gp = self.scaled_d_row(oy)
             for kx in range(g.kw):
-                lo, hi, x0 = _col_range(g, kx, g.pad_left, g.sw, g.out_w, p.width)
+                lo, hi, x0 = col_range(g, kx, g.pad_left, g.sw, g.out_w, p.width)
                 if hi > lo:
                     acc[x0 : x0 + (hi - lo - 1) * g.sw + 1 : g.sw] += gp[lo:hi] * self.w_d[ky, kx]
         return wrap_int32(acc)
@@ -210,9 +264,9 @@ class _Rows:
     def e_grad_row(self, iy: int, r_d: int) -> np.ndarray:
         """E's masked output gradient of row ``iy`` (int16 ``W × C``)."""
         p = self.p
-        g = _norm_row(self.acc_d_row(iy), r_d)
+        g = norm_row(self.acc_d_row(iy), r_d)
         n = p.width * p.channels
-        keep = _mask_row(self.mask_e, iy * n, n)
+        keep = mask_row(self.mask_e, iy * n, n)
         if keep is not None:
             g = np.where(keep.reshape(g.shape), g, np.int16(0)).astype(np.int16)
         return g
@@ -230,7 +284,7 @@ def _conv_weight_grad_row(ke: LinearBwdParams, oy: int, g_row: np.ndarray, xs: n
         if not 0 <= iy < h_in:
             continue
         for kx in range(g.kw):
-            lo, hi, x0 = _col_range(g, kx, g.pad_left, g.sw, g.out_w, w_in)
+            lo, hi, x0 = col_range(g, kx, g.pad_left, g.sw, g.out_w, w_in)
             if hi > lo:
                 cols = xs[iy, x0 : x0 + (hi - lo - 1) * g.sw + 1 : g.sw].astype(np.float64)
                 acc[:, ky, kx, :] += (gf[lo:hi].T @ cols).astype(np.int64)
@@ -239,24 +293,8 @@ def _conv_weight_grad_row(ke: LinearBwdParams, oy: int, g_row: np.ndarray, xs: n
 # ------------------------------------------------------------------ run time
 
 
-def run_fused_expand_dw_backward(
-    p: FusedExpandDwParams,
-    g_d: Grad,
-    saved_d: Saved,
-    saved_e: Saved,
-    w_d: np.ndarray,
-    w_e: np.ndarray | None,
-) -> tuple[Grad | None, BackwardResult, BackwardResult]:
-    """``(E's input gradient | None, D's result, E's result)``, byte-identical to
-    ``run_backward(D, g_d, saved_d, w_d)`` followed by ``run_backward(E, <D's input
-    gradient>, saved_e, w_e)``. ``g_d`` is D's output gradient *before* D's clamp mask
-    (as ``run_backward`` takes it). D's result has no input gradient (it never exists);
-    E's result holds E's input gradient under input 0 when requested."""
-    kd, ke = p.kd, p.ke
-    gd = kd.geom
-    assert gd is not None
-    if g_d.shape != tuple(kd.out_shape):
-        raise UsageError(f"{p.d.op.describe()}: output gradient {list(g_d.shape)} != {list(kd.out_shape)}")
+def check_fused_inputs(p: FusedExpandDwParams, saved_d: Saved, saved_e: Saved, w_e: np.ndarray | None) -> None:
+    """The run-time checks shared by the fused kernels (masks, weights, saved channels)."""
     for bp, s in ((p.d, saved_d), (p.e, saved_e)):
         if bp.clamp is not None and (s.mask is None or s.mask.size != mask_nbytes(int(np.prod(bp.kernel.out_shape)))):
             raise UsageError(f"{bp.op.describe()}: the backward needs the clamp mask saved in the forward pass")
@@ -264,28 +302,33 @@ def run_fused_expand_dw_backward(
         raise UsageError(f"{p.e.op.describe()}: the input gradient of a linear layer needs its current weights")
     if p.e.request.weight_channels and saved_e.x_sub is None:
         raise UsageError(f"{p.e.op.describe()}: the weight gradient needs the input channels saved in the forward pass")
+    if p.d.request.weight_channels and saved_d.x_sub is None:
+        raise UsageError(f"{p.d.op.describe()}: the weight gradient needs the input channels saved in the forward pass")
 
-    # D's own parameter gradients: the unfused kernels on D's masked output gradient.
-    g_dm = apply_mask(g_d, saved_d.mask) if p.d.clamp is not None and saved_d.mask is not None else g_d
-    wg_d = None
-    if p.d.request.weight_channels:
-        if saved_d.x_sub is None:
-            raise UsageError(
-                f"{p.d.op.describe()}: the weight gradient needs the input channels saved in the forward pass"
-            )
-        wg_d = linear_bwd.weight_grad(kd, g_dm, saved_d.x_sub, p.d.request.weight_channels)
-    bg_d = linear_bwd.bias_grad(kd, g_dm) if p.d.request.bias else None
-    res_d = BackwardResult({}, wg_d, bg_d, g_d.e)
 
-    rows = _Rows(p, g_d, saved_d, saved_e, w_d)
+def stream_expand_backward(
+    p: FusedExpandDwParams,
+    rows: DwRows,
+    e_d: int,
+    saved_e: Saved,
+    w_e: np.ndarray | None,
+    hooks: SweepHooks | None = None,
+) -> tuple[Grad | None, BackwardResult]:
+    """Passes 1–3 of the module docstring: ``(E's input gradient | None, E's result)``
+    from D's output-gradient rows (exponent ``e_d``)."""
+    kd, ke = p.kd, p.ke
     h = p.height
 
     # Pass 1: the global maximum of D's input-gradient sums.
+    if hooks is not None:
+        hooks.begin(1)
     m_d = 0
     for iy in range(h):
         m_d = max(m_d, max_abs(rows.acc_d_row(iy)))
-    r_d = _shift(m_d)
-    e_e_out = g_d.e + kd.k + kd.drop + r_d  # exponent of E's output gradient
+    if hooks is not None:
+        hooks.end(1)
+    r_d = grad_shift(m_d)
+    e_e_out = e_d + kd.k + kd.drop + r_d  # exponent of E's output gradient
 
     # Pass 2: E's parameter gradients and the maximum of its input-gradient sums.
     cin = ke.in_channels
@@ -308,6 +351,8 @@ def run_fused_expand_dw_backward(
         return wrap_int32((gp.astype(np.float64) @ w_e1).astype(np.int64))
 
     m_e = 0
+    if hooks is not None:
+        hooks.begin(2)
     for iy in range(h):
         g_row = rows.e_grad_row(iy, r_d)
         if bg_e is not None:
@@ -316,16 +361,59 @@ def run_fused_expand_dw_backward(
             _conv_weight_grad_row(ke, iy, g_row, xs, wg_e)
         if p.e_input_grad:
             m_e = max(m_e, max_abs(acc_e_row(g_row)))
+    if hooks is not None:
+        hooks.end(2)
     res_e_grads: dict[int, Grad] = {}
     g_in: Grad | None = None
 
     # Pass 3: E's normalized input gradient, row by row.
     if p.e_input_grad:
-        r_e = _shift(m_e)
+        r_e = grad_shift(m_e)
         out = np.empty((h, p.width, cin), dtype=np.int16)
+        if hooks is not None:
+            hooks.begin(3)
         for iy in range(h):
-            out[iy] = _norm_row(acc_e_row(rows.e_grad_row(iy, r_d)), r_e)
+            out[iy] = norm_row(acc_e_row(rows.e_grad_row(iy, r_d)), r_e)
+        if hooks is not None:
+            hooks.end(3)
         g_in = Grad(out.reshape(ke.in_shape), e_e_out + ke.k + ke.drop + r_e)
         res_e_grads[0] = g_in
-    res_e = BackwardResult(res_e_grads, wg_e, bg_e, e_e_out)
+    return g_in, BackwardResult(res_e_grads, wg_e, bg_e, e_e_out)
+
+
+def run_fused_expand_dw_backward(
+    p: FusedExpandDwParams,
+    g_d: Grad,
+    saved_d: Saved,
+    saved_e: Saved,
+    w_d: np.ndarray,
+    w_e: np.ndarray | None,
+) -> tuple[Grad | None, BackwardResult, BackwardResult]:
+    """``(E's input gradient | None, D's result, E's result)``, byte-identical to
+    ``run_backward(D, g_d, saved_d, w_d)`` followed by ``run_backward(E, <D's input
+    gradient>, saved_e, w_e)``. ``g_d`` is D's output gradient *before* D's clamp mask
+    (as ``run_backward`` takes it). D's result has no input gradient (it never exists);
+    E's result holds E's input gradient under input 0 when requested.
+
+    C twin: tt_fused_ed_bwd_s16 in firmware_templates/runtime/src/tt_fused_bwd.c.
+    """
+    kd = p.kd
+    gd = kd.geom
+    assert gd is not None
+    if g_d.shape != tuple(kd.out_shape):
+        raise UsageError(f"{p.d.op.describe()}: output gradient {list(g_d.shape)} != {list(kd.out_shape)}")
+    check_fused_inputs(p, saved_d, saved_e, w_e)
+
+    # D's own parameter gradients: the unfused kernels on D's masked output gradient.
+    g_dm = apply_mask(g_d, saved_d.mask) if p.d.clamp is not None and saved_d.mask is not None else g_d
+    wg_d = None
+    if p.d.request.weight_channels:
+        assert saved_d.x_sub is not None
+        wg_d = linear_bwd.weight_grad(kd, g_dm, saved_d.x_sub, p.d.request.weight_channels)
+    bg_d = linear_bwd.bias_grad(kd, g_dm) if p.d.request.bias else None
+    res_d = BackwardResult({}, wg_d, bg_d, g_d.e)
+
+    g_rows = g_d.g.reshape(gd.out_h, gd.out_w, p.channels)
+    rows = DwRows(p, lambda oy: g_rows[oy], saved_d, saved_e, w_d)
+    g_in, res_e = stream_expand_backward(p, rows, g_d.e, saved_e, w_e)
     return g_in, res_d, res_e
