@@ -342,3 +342,12 @@ def test_momentum(mbv2_graph, fmnist) -> None:  # type: ignore[no-untyped-def]
     both.fit(small, None, TrainConfig(epochs=1, lr=0.002, seed=4))
     with pytest.raises(UsageError, match="momentum"):
         momentum_q15(1.0)
+    # The plan holds v for every trained tensor: the accumulator's format.
+    plain_mem, mom_mem = program_memory(program), program_memory(program, momentum=True)
+    extra = sum(r.size for r in mom_mem.requests) - sum(r.size for r in plain_mem.requests)
+    head = linear_layers(mbv2_graph)[-1]
+    c, k = head.out_channels, head.in_channels
+    assert extra == (4 * c * k + 4 * c + 4) + (4 * c + 4 * c + 4)
+    assert {r.name for r in mom_mem.requests if r.name.startswith("mom:")} == {
+        "mom:" + str(head.weight), "mom:" + str(head.bias)
+    }

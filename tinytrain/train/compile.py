@@ -112,7 +112,7 @@ def compile_scheme(graph: Graph, scheme: Scheme, options: CompileOptions) -> Com
     t0 = time.perf_counter()
     resolved = resolve(scheme, graph)
     program = build_training_program(graph, resolved)
-    memory = program_memory(program, options.sample_bytes, options.batch)
+    memory = program_memory(program, options.sample_bytes, options.batch, momentum=options.momentum > 0)
     plan = plan_program(memory, options.sram_bytes)
     if memory.flash_bytes > options.flash_bytes:
         raise OverFlashError(

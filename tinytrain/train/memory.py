@@ -54,6 +54,15 @@ class ProgramMemory:
     macs_backward: int
 
 
+def _weight_grad_shape(kind: OpKind, cout: int, kh: int, kw: int, n: int) -> tuple[int, ...]:
+    """The layout of a weight-gradient slice ``w[..., channels]``."""
+    if kind is OpKind.DEPTHWISE_CONV_2D:
+        return (1, kh, kw, n)
+    if kind is OpKind.FULLY_CONNECTED:
+        return (cout, n)
+    return (cout, kh, kw, n)
+
+
 def _grad_bytes(n: int) -> int:
     return 2 * n + 4
 
@@ -67,7 +76,9 @@ def _linear_input_scratch(graph: Graph, op: Op) -> int:
     return 0
 
 
-def program_memory(program: TrainingProgram, sample_bytes: int | None = None, batch: int = 1) -> ProgramMemory:
+def program_memory(
+    program: TrainingProgram, sample_bytes: int | None = None, batch: int = 1, momentum: bool = False
+) -> ProgramMemory:
     """``sample_bytes``: the size of one native sample (e.g. 784 for a 28×28 grey image)
     when the device preprocesses on the fly; then a stem fused with the first block reads
     its input rows straight from the preprocessing (its row window is already part of the
@@ -207,6 +218,9 @@ def program_memory(program: TrainingProgram, sample_bytes: int | None = None, ba
                     )
                     acc = weight_accumulator(lay.kind, shape).state_bytes
                     requests.append(BufferRequest(f"acc:{op.inputs[1]}", acc, 0, 0, BufferKind.STATE))
+                if momentum:  # the momentum buffer v has the accumulator's format
+                    v = weight_accumulator(lay.kind, _weight_grad_shape(lay.kind, lay.out_channels, kh, kw, n_ch))
+                    requests.append(BufferRequest(f"mom:{op.inputs[1]}", v.state_bytes, 0, 0, BufferKind.STATE))
                 if part is head:  # the fused D's and E's whole int64 weight gradients are in the fused scratch
                     # One output channel's int64 weight gradient, consumed by its update at once.
                     row = (kh * kw if dw else w_bytes // lay.out_channels) * 8
@@ -227,6 +241,9 @@ def program_memory(program: TrainingProgram, sample_bytes: int | None = None, ba
                 if batch > 1:
                     acc = bias_accumulator(graph.tensor(lay_b).size).state_bytes
                     requests.append(BufferRequest(f"acc:{lay_b}", acc, 0, 0, BufferKind.STATE))
+                if momentum:
+                    acc = bias_accumulator(graph.tensor(lay_b).size).state_bytes
+                    requests.append(BufferRequest(f"mom:{lay_b}", acc, 0, 0, BufferKind.STATE))
     for name, f in g_first.items():
         requests.append(
             BufferRequest(
