@@ -1,11 +1,14 @@
-"""Backends that run a compiled training program on samples: the simulator (``sim``) and the
-generated C on the build machine (``host``), with the same results type, so that the two
-can be compared byte for byte.
+"""Backends that run a compiled training program on samples: the simulator (``sim``), the
+generated C on the build machine (``host``) and the generated firmware on the emulated
+Cortex-M boards (``qemu-m4``, ``qemu-m7``), with the same results type, so that they can be
+compared byte for byte.
 
 The C backends talk to the generated driver (``main_host.c``) with the binary protocol of
 docs/codegen.md: :func:`encode_run` builds the request bytes, :func:`decode_run` parses the
-reply. A transport only moves those bytes (stdin/stdout for the host; a UART transport for
-the QEMU boards can reuse both functions unchanged).
+reply. A transport only moves those bytes: stdin/stdout for the host; on the QEMU boards the
+same driver (it only uses the board API) reads the request from UART0, which QEMU feeds from
+its stdin (``run_qemu``: bounded by a timeout, QEMU killed on expiry, a non-zero exit status
+such as a fault report raises with the firmware's output).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from codegen.emit import Generated, RunConfig, generate
-from codegen.targets import build_firmware, get_target, run_firmware
+from codegen.runtime_sources import DSP_REPLACES, RUNTIME, Backend
+from codegen.targets import ElfInfo, FirmwareTimeoutError, TargetKind, build_firmware, get_target, run_firmware
 from tinytrain.errors import UsageError
 from tinytrain.ir.ops import OpKind
 from tinytrain.passes.split import suffix_graph
@@ -33,6 +37,8 @@ MAGIC_OUT = b"TTRS"
 MAGIC_END = b"TTEN"
 PROTOCOL_VERSION = 1
 SCHEDULE_KINDS = {Schedule.CONSTANT: 0, Schedule.COSINE: 1}
+QEMU_BACKENDS = ("qemu-m4", "qemu-m7")
+BACKENDS = ("sim", "host", *QEMU_BACKENDS)
 
 
 @dataclass(frozen=True, eq=False)
@@ -201,6 +207,67 @@ def run_generated(compiled: Compiled, gen: Generated, spec: RunSpec, transport: 
     return RunResult(tuple(steps), full_tensors(compiled, gen, raw), logits)
 
 
+def device_sources(gen: Generated, kernels: Backend = "ref") -> list[Path]:
+    """The generated program's C files (model + runtime, no driver) with the runtime's
+    ``dsp`` replacements swapped in when ``kernels == "dsp"`` (codegen/runtime_sources.py)."""
+    if kernels not in ("ref", "dsp"):
+        raise UsageError(f"unknown kernels {kernels!r} (expected ref or dsp)")
+    if kernels == "ref":
+        return list(gen.sources)
+    return [RUNTIME / DSP_REPLACES[p.name] if p.name in DSP_REPLACES else p for p in gen.sources]
+
+
+def build_device(
+    compiled: Compiled,
+    target: str,
+    out_dir: Path,
+    sample_shape: Sequence[int],
+    kernels: Backend = "ref",
+    extra_flags: Sequence[str] = (),
+    *,
+    driver: Path | None = None,
+    extra_sources: Sequence[Path] = (),
+    name: str = "tt_train",
+) -> tuple[Generated, ElfInfo]:
+    """Generates the C project of ``compiled`` into ``out_dir`` and builds it for a
+    microcontroller ``target`` (the compile options' SRAM and flash budgets, ``-DNDEBUG``);
+    ``driver`` replaces the run driver (main_host.c, board-agnostic)."""
+    t = get_target(target)
+    if not t.is_arm:
+        raise UsageError(f"target {t.name} is not a microcontroller")
+    gen = generate(compiled, out_dir, sample_shape, RunConfig())
+    info = build_firmware(
+        t,
+        [*device_sources(gen, kernels), driver if driver is not None else gen.driver, *extra_sources],
+        gen.include_dirs,
+        out_dir / "build",
+        sram_bytes=compiled.options.sram_bytes,
+        flash_bytes=compiled.options.flash_bytes,
+        extra_flags=["-DNDEBUG", *extra_flags],
+        name=name,
+    )
+    return gen, info
+
+
+def qemu_transport(info: ElfInfo, timeout: float) -> Transport:
+    """Request bytes → reply bytes through UART0 of a QEMU board (stdin-fed ``run_qemu``)."""
+    t = get_target(info.target)
+    if t.kind is not TargetKind.QEMU:
+        raise UsageError(f"target {t.name} does not run in QEMU")
+
+    def transport(data: bytes) -> bytes:
+        try:
+            r = run_firmware(info, timeout, data)
+        except FirmwareTimeoutError as exc:
+            raise UsageError(f"the {t.name} firmware did not finish the run within {timeout:.0f} s") from exc
+        if r.exit_status != 0:
+            tail = r.uart_output[-1500:].decode(errors="replace")
+            raise UsageError(f"the {t.name} firmware exited with status {r.exit_status}; its output ends: {tail!r}")
+        return r.uart_output
+
+    return transport
+
+
 def run_backend(
     name: str,
     compiled: Compiled,
@@ -208,17 +275,22 @@ def run_backend(
     work_dir: Path | None = None,
     sanitize: bool = False,
     timeout: float = 600.0,
+    kernels: Backend = "ref",
 ) -> RunResult:
-    """Trains on ``spec`` with backend ``name`` ("sim" or "host")."""
+    """Trains on ``spec`` with backend ``name`` ("sim", "host", "qemu-m4" or "qemu-m7");
+    ``kernels`` picks the runtime of the QEMU builds ("ref" or "dsp")."""
     if name == "sim":
         return run_sim(compiled, spec)
-    if name != "host":
-        raise UsageError(f"unknown backend {name!r} (known: sim, host; the QEMU boards come later)")
+    if name not in BACKENDS:
+        raise UsageError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")
+    if sanitize and name != "host":
+        raise UsageError("sanitize=True needs the host backend")
     with tempfile.TemporaryDirectory() as tmp:
         out = work_dir if work_dir is not None else Path(tmp)
+        if name in QEMU_BACKENDS:
+            gen, dev = build_device(compiled, name, out, spec.sample_shape, kernels)
+            return run_generated(compiled, gen, spec, qemu_transport(dev, timeout))
         gen, exe = build_host(compiled, out, spec.sample_shape, sanitize)
-        from codegen.targets import ElfInfo
-
         info = ElfInfo("host", exe, None, exe.with_suffix(".map"), None, 0, 0, 0, None, None)
 
         def transport(data: bytes) -> bytes:

@@ -37,7 +37,6 @@ from tinytrain.train.build import BackwardStep
 from tinytrain.train.compile import Compiled
 from tinytrain.train.data import preprocess_for_graph
 from tinytrain.train.kernels.mask import mask_nbytes
-from tinytrain.train.memory import unfused_on_device
 
 GRAD_EXP_BYTES = 4  # grad:X = [int32 exponent][int16 mantissas]
 
@@ -190,6 +189,7 @@ class _Builder:
         self._array_keys: dict[tuple[str, bytes], str] = {}
         self._names: set[str] = set()
         self.trained: list[TrainedTensor] = []
+        self.linear_bwd: dict[int, Sym] = {}  # op index -> its tt_linear_bwd_params
 
     # ---------------------------------------------------------------- helpers
 
@@ -354,16 +354,17 @@ def _forward_op(b: _Builder, i: int) -> None:
 
 def _linear_bwd(b: _Builder, st: BackwardStep) -> Sym:
     """The ``tt_linear_bwd_params`` of a linear step (one struct per op)."""
+    if st.op_index in b.linear_bwd:
+        return b.linear_bwd[st.op_index]
     nm = f"lb_{st.op_index}"
-    for s in b.structs:
-        if s.name.startswith("tt_" + nm) and s.ctype == "tt_linear_bwd_params":
-            return Sym("&" + s.name)
     clb = cb.linear_bwd_struct(st.params.kernel, st.params.request.weight_channels)
     ptrs: dict[str, Arg] = {"mu": b.array(f"mu_{st.op_index}", clb.mu)}
     if clb.channels.size:
         ptrs["channels"] = b.array(f"chan_{st.op_index}", clb.channels)
         ptrs["slot"] = b.array(f"slot_{st.op_index}", clb.slot)
-    return b.struct(nm, "tt_linear_bwd_params", ctypes_init(clb.struct, ptrs), f"backward of {st.op.describe()}")
+    sym = b.struct(nm, "tt_linear_bwd_params", ctypes_init(clb.struct, ptrs), f"backward of {st.op.describe()}")
+    b.linear_bwd[st.op_index] = sym
+    return sym
 
 
 def _after_forward(b: _Builder, i: int, out_name: str, block_input: str | None = None) -> None:
@@ -417,6 +418,11 @@ def _fused_block(b: _Builder, u: FusedBlock, stream_from: Arg | None) -> None:
         ptrs[f"{nm}.weights"] = b.array(f"fw_{u.start}_{nm}", stage.weights)
         ptrs[f"{nm}.multiplier"] = b.array(f"fq_{u.start}_{nm}", stage.multiplier)
         ptrs[f"{nm}.shift"] = b.array(f"fs_{u.start}_{nm}", stage.shift)
+    for nm, i in (("lead", chain.lead), ("dw", chain.depthwise), ("proj", chain.project)):
+        if i is not None:  # a stage training a channel subset reads its arena slice (tt_weight_patch)
+            patch = b.patch_arg(i)
+            if patch is not NULL:
+                ptrs[f"{nm}.patch"] = patch
     ps = b.struct(f"fb_{u.start}", "tt_fused_block_params", ctypes_init(fb.to_ctypes().struct, ptrs), desc)
     # saved input channels of the block's lead conv (its input is the block input)
     for i in u.op_indices:
@@ -489,50 +495,7 @@ def _backward_step(b: _Builder, st: BackwardStep, have: set[str]) -> None:
                 "backward",
             )
         _finish_sums(b, sums, have, st)
-        if st.params.update is not None:
-            w_name = str(op.inputs[1])
-            w_shape = g.tensor(w_name).shape
-            ua = cu.update_arrays(st.params.update, w_shape, req.weight_channels)
-            uptrs: dict[str, Arg] = {
-                "w_mult": b.array(f"uwm_{i}", ua.w_mult),
-                "w_shift": b.array(f"uws_{i}", ua.w_shift),
-                "b_mult": b.array(f"ubm_{i}", ua.b_mult),
-                "b_shift": b.array(f"ubs_{i}", ua.b_shift),
-            }
-            if ua.row_channel is not None:
-                uptrs["row_channel"] = b.array(f"urc_{i}", ua.row_channel)
-            us = cu.update_struct(ua)
-            up = b.struct(f"up_{i}", "tt_update_params", ctypes_init(us.struct, uptrs), f"update of {desc}")
-            if req.weight_channels:
-                src = str(st.target(0))
-                row = b.arena(f"wgrad-row:{w_name}", "int64_t")
-                w_train = b.arena(f"train:{w_name}", "int8_t")
-                body = (
-                    Call(
-                        "tt_linear_bwd_weight_row_s16",
-                        "weight-gradient row",
-                        (lb, gy, b.arena(f"saved:{src}@{i}", "int8_t"), Local("row"), row),
-                        "backward",
-                    ),
-                    Call(
-                        "tt_update_weight_row_s8",
-                        "SGD step of the row",
-                        (up, Local("&step"), Local("row"), row, ey, w_train, Local("prng")),
-                        "backward",
-                    ),
-                )
-                b.items.append(Loop(ua.rows, f"weights of {desc}: one row at a time", body, "backward"))
-            if req.bias:
-                b_name = str(op.inputs[2])
-                bg = b.arena(f"bgrad:{b_name}", "int64_t")
-                b.call("tt_linear_bwd_bias_s16", f"bias gradient of {desc}", (lb, gy, bg), "backward")
-                b.call(
-                    "tt_update_bias_s32",
-                    f"SGD step of the bias of {desc}",
-                    (up, Local("&step"), bg, ey, b.arena(f"train:{b_name}", "int32_t")),
-                    "backward",
-                )
-            _record_trained(b, st)
+        _linear_update(b, st, gy, ey)
         return
     if k in (OpKind.MEAN, OpKind.AVERAGE_POOL_2D):
         cp = cb.pool_bwd_struct(kp)
@@ -571,6 +534,187 @@ def _backward_step(b: _Builder, st: BackwardStep, have: set[str]) -> None:
     else:
         raise UsageError(f"{op.describe()}: the C code generator has no backward kernel for {k.value}")
     _finish_sums(b, sums, have, st)
+
+
+def _update_struct(b: _Builder, st: BackwardStep) -> tuple[Sym, int]:
+    """The ``tt_update_params`` of a trained linear step and its number of weight rows."""
+    assert st.params.update is not None
+    i = st.op_index
+    op = st.op
+    req = st.params.request
+    w_shape = b.graph.tensor(str(op.inputs[1])).shape
+    ua = cu.update_arrays(st.params.update, w_shape, req.weight_channels)
+    uptrs: dict[str, Arg] = {
+        "w_mult": b.array(f"uwm_{i}", ua.w_mult),
+        "w_shift": b.array(f"uws_{i}", ua.w_shift),
+        "b_mult": b.array(f"ubm_{i}", ua.b_mult),
+        "b_shift": b.array(f"ubs_{i}", ua.b_shift),
+    }
+    if ua.row_channel is not None:
+        uptrs["row_channel"] = b.array(f"urc_{i}", ua.row_channel)
+    us = cu.update_struct(ua)
+    up = b.struct(f"up_{i}", "tt_update_params", ctypes_init(us.struct, uptrs), f"update of {op.describe()}")
+    return up, ua.rows
+
+
+def _linear_update(b: _Builder, st: BackwardStep, gy: ArenaPtr, ey: ArenaValue) -> None:
+    """The SGD step of a linear op from its (masked) output gradient: weight rows one at a
+    time (gradient row, then its update), then the bias."""
+    if st.params.update is None:
+        return
+    op = st.op
+    i = st.op_index
+    req = st.params.request
+    desc = op.describe()
+    lb = _linear_bwd(b, st)
+    up, rows = _update_struct(b, st)
+    if req.weight_channels:
+        w_name = str(op.inputs[1])
+        src = str(st.target(0))
+        row = b.arena(f"wgrad-row:{w_name}", "int64_t")
+        w_train = b.arena(f"train:{w_name}", "int8_t")
+        body = (
+            Call(
+                "tt_linear_bwd_weight_row_s16",
+                "weight-gradient row",
+                (lb, gy, b.arena(f"saved:{src}@{i}", "int8_t"), Local("row"), row),
+                "backward",
+            ),
+            Call(
+                "tt_update_weight_row_s8",
+                "SGD step of the row",
+                (up, Local("&step"), Local("row"), row, ey, w_train, Local("prng")),
+                "backward",
+            ),
+        )
+        b.items.append(Loop(rows, f"weights of {desc}: one row at a time", body, "backward"))
+    if req.bias:
+        b_name = str(op.inputs[2])
+        bg = b.arena(f"bgrad:{b_name}", "int64_t")
+        b.call("tt_linear_bwd_bias_s16", f"bias gradient of {desc}", (lb, gy, bg), "backward")
+        b.call(
+            "tt_update_bias_s32",
+            f"SGD step of the bias of {desc}",
+            (up, Local("&step"), bg, ey, b.arena(f"train:{b_name}", "int32_t")),
+            "backward",
+        )
+    _record_trained(b, st)
+
+
+def _scratch_update(b: _Builder, st: BackwardStep, bias_grad: Arg | None, weight_grad: Arg | None, e: Arg) -> None:
+    """The SGD step of a fused part whose whole int64 gradients a fused kernel left in its
+    scratch (weights, then bias, as the simulator's apply_update)."""
+    if st.params.update is None:
+        return
+    op = st.op
+    desc = op.describe()
+    up, _ = _update_struct(b, st)
+    req = st.params.request
+    if req.weight_channels:
+        assert weight_grad is not None
+        w_train = b.arena(f"train:{op.inputs[1]}", "int8_t")
+        b.call(
+            "tt_update_weights_s8",
+            f"SGD step of the weights of {desc}",
+            (up, Local("&step"), weight_grad, e, w_train, Local("prng")),
+            "backward",
+        )
+    if req.bias:
+        assert bias_grad is not None
+        b.call(
+            "tt_update_bias_s32",
+            f"SGD step of the bias of {desc}",
+            (up, Local("&step"), bias_grad, e, b.arena(f"train:{op.inputs[2]}", "int32_t")),
+            "backward",
+        )
+    _record_trained(b, st)
+
+
+def _fbwd_weights(b: _Builder, st: BackwardStep) -> Sym:
+    """A ``tt_fbwd_weights``: the flash tensor and the trained slice (if any)."""
+    i = st.op_index
+    w_train, _ = b.trained_weight(i)
+    fields: list[tuple[str, Any]] = [("w", b.weight_arg(i))]
+    ch = st.params.request.weight_channels
+    if w_train is not NULL:
+        fields += [("n", len(ch)), ("ch", b.array(f"ch_{i}", np.asarray(ch, dtype=np.uint16))), ("w_train", w_train)]
+    else:
+        fields += [("n", 0), ("ch", NULL), ("w_train", NULL)]
+    return b.struct(f"fw_{i}", "tt_fbwd_weights", StructInit(tuple(fields)), f"current weights of op {i}")
+
+
+def _grad_dest(
+    b: _Builder, st: BackwardStep, k: int, have: set[str], sums: list[tuple[str, str]]
+) -> tuple[ArenaPtr, ArenaPtr]:
+    """(mantissas, exponent pointer) where input k's gradient of st goes: its grad buffer,
+    or a second buffer summed into it afterwards (``_finish_sums``)."""
+    target = st.target(k)
+    assert target is not None
+    if target in have:
+        buf = f"grad-sum:{target}@{st.op_index}"
+        sums.append((target, buf))
+        gx, ex, _ = b.grad(target, buf)
+    else:
+        gx, ex, _ = b.grad(target)
+    return gx, ex
+
+
+def _mask_in_place(b: _Builder, st: BackwardStep, gy: ArenaPtr) -> Arg:
+    """Applies st's clamp mask to its output gradient in place (as the unfused step does);
+    returns the mask pointer (NULL without a clamp)."""
+    if st.params.clamp is None:
+        return NULL
+    out = st.op.outputs[0]
+    mask = b.arena(f"mask:{out}", "uint8_t")
+    n = b.graph.tensor(out).size
+    b.call("tt_apply_mask_s16", f"mask the output gradient of op {st.op_index}", (gy, mask, Lit(n), gy), "backward")
+    return mask
+
+
+def _fused_ed_step(b: _Builder, st: BackwardStep, have: set[str]) -> None:
+    """D (depthwise) fused with E (the conv feeding it): ``tt_fused_ed_bwd_s16`` streams D's
+    input gradient into E's backward; D's own parameter gradients come from the unfused
+    kernels on D's masked output gradient; E's are in the fused scratch. Updates after every
+    gradient of the step, D's before E's (the simulator's order)."""
+    d, e = st, st.fused_with
+    assert e is not None and d.fused is not None
+    fp = d.fused
+    i = d.op_index
+    gy, _, ey = b.grad(d.op.outputs[0])
+    mask_d = _mask_in_place(b, d, gy)
+    mask_e: Arg = NULL
+    if e.params.clamp is not None:
+        mask_e = b.arena(f"mask:{e.op.outputs[0]}", "uint8_t")
+    fa = cu.fused_arrays(fp)
+    cs = cu.fused_struct(fa)
+    ptrs: dict[str, Arg] = {"d_mu": b.array(f"fdmu_{i}", fa.d_mu), "e_mu": b.array(f"femu_{i}", fa.e_mu)}
+    desc = f"fused backward of {d.op.describe()} and {e.op.describe()}"
+    ps = b.struct(f"fed_{i}", "tt_fused_ed_params", ctypes_init(cs.struct, ptrs), desc)
+    sums: list[tuple[str, str]] = []
+    g_in: Arg = NULL
+    e_in: Arg = NULL
+    if fp.e_input_grad:
+        g_in, e_in = _grad_dest(b, e, 0, have, sums)
+    x_sub: Arg = NULL
+    if e.params.save_channels:
+        x_sub = b.arena(f"saved:{e.target(0)}@{e.op_index}", "int8_t")
+    scratch_buf = f"scratch:fused-bwd:{i}"
+    scratch = b.arena(scratch_buf, "void")
+    args = (ps, gy, ey, mask_d, mask_e, _fbwd_weights(b, d), _fbwd_weights(b, e), x_sub, g_in, e_in,
+            Local("&e_param"), scratch)  # fmt: skip
+    b.call("tt_fused_ed_bwd_s16", desc, args, "backward")
+    _finish_sums(b, sums, have, e)
+    _finish_sums(b, [], have, d)
+    _linear_update(b, d, gy, ey)
+    off = 0
+    bias_grad: Arg | None = None
+    weight_grad: Arg | None = None
+    if fp.e.request.bias:
+        bias_grad = b.arena(scratch_buf, "int64_t", off)
+        off += 8 * fp.channels
+    if fp.e.request.weight_channels:
+        weight_grad = b.arena(scratch_buf, "int64_t", off)
+    _scratch_update(b, e, bias_grad, weight_grad, Local("e_param"))
 
 
 def _finish_sums(b: _Builder, sums: list[tuple[str, str]], have: set[str], st: BackwardStep) -> None:
@@ -632,8 +776,6 @@ def check_supported(compiled: Compiled) -> None:
                 f"{st.op.describe()}: the fused projection→depthwise→expansion backward has no C kernel yet "
                 "(compile with a scheme or budget that does not fuse it)"
             )
-        if st.fused is not None:
-            raise UsageError(f"{st.op.describe()}: the fused expansion→depthwise backward is not generated yet")
 
 
 def lower(compiled: Compiled, sample_shape: Sequence[int]) -> Lowered:
@@ -669,11 +811,7 @@ def lower(compiled: Compiled, sample_shape: Sequence[int]) -> Lowered:
         )
     for k, u in enumerate(units):
         if isinstance(u, FusedBlock):
-            if unfused_on_device(prog, u):
-                for i in u.op_indices:
-                    _forward_op(b, i)
-            else:
-                _fused_block(b, u, sample_arg if streamed and k == 0 else None)
+            _fused_block(b, u, sample_arg if streamed and k == 0 else None)
         else:
             _forward_op(b, u)
     ce = cb.softmax_ce_struct(prog.loss)
@@ -688,7 +826,10 @@ def lower(compiled: Compiled, sample_shape: Sequence[int]) -> Lowered:
     )
     have: set[str] = set()
     for st in prog.backward:
-        _backward_step(b, st, have)
+        if st.fused is not None:
+            _fused_ed_step(b, st, have)
+        else:
+            _backward_step(b, st, have)
     kernels = sorted(
         {it.kernel for it in b.items if isinstance(it, Call)}
         | {c.kernel for it in b.items if isinstance(it, Loop) for c in it.calls}

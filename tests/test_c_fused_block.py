@@ -282,6 +282,120 @@ def test_live_blocks_emit_the_backward_masks(lib: ctypes.CDLL) -> None:
     assert checked >= 3
 
 
+# ----------------------------------------------------------------------- weight patches
+
+
+def _patched(graph: Graph, indices: Sequence[int], rng: np.random.Generator, how: str,
+             roles: Sequence[str] = ROLES) -> tuple[Graph, dict[str, tuple[np.ndarray, np.ndarray]]]:  # fmt: skip
+    """Random trained channel subsets (``how``: "prefix" 0..n-1, "delta" any increasing set,
+    "all") with random int8 trained weights per role: (the graph with the current weights,
+    the patches in tt_weight_patch layout)."""
+    chain = prepare_fused_block(graph, indices).chain
+    ops = {"lead": chain.lead, "depthwise": chain.depthwise, "project": chain.project}
+    tensors = {t.name: t for t in graph.tensors}
+    patches = {}
+    for role in roles:
+        i = ops[role]
+        if i is None:
+            continue
+        w_name = str(graph.ops[i].inputs[1])
+        w = tensors[w_name].data
+        assert w is not None
+        limit = w.shape[-1]
+        if how == "all":
+            ch = np.arange(limit)
+        elif how == "prefix":
+            ch = np.arange(int(rng.integers(1, limit + 1)))
+        else:
+            ch = np.sort(rng.choice(limit, int(rng.integers(1, limit + 1)), replace=False))
+            if limit > 1 and np.array_equal(ch, np.arange(ch.size)):
+                ch = ch[1:] if ch.size > 1 else np.array([limit - 1])
+        new = np.array(w, copy=True)
+        new[..., ch] = rng.integers(-128, 128, (*w.shape[:-1], ch.size), dtype=np.int8)
+        tensors[w_name] = replace(tensors[w_name], data=new)
+        wt = new[..., ch]
+        if role == "depthwise":
+            wt = wt.reshape(wt.shape[1:])
+        elif role == "project":
+            wt = wt.reshape(wt.shape[0], ch.size)
+        patches[role] = (ch.astype(np.uint16), np.ascontiguousarray(wt))
+    return replace(graph, tensors=tuple(tensors.values())), patches
+
+
+def check_patched(lib: ctypes.CDLL, graph: Graph, indices: Sequence[int], x: np.ndarray, rng: np.random.Generator,
+                  how: str, roles: Sequence[str] = ROLES) -> None:  # fmt: skip
+    """C (flash weights + patches) == numpy on the graph holding the current weights: output and masks."""
+    updated, patches = _patched(graph, indices, rng, how, roles)
+    fb = fused_block_c(graph, indices).with_patches(patches)
+    want, want_masks = numpy_reference(updated, indices, fb, x)
+    got = run_c_fused_block(lib, fb, x, _roles(fb))
+    assert got.status == 0
+    assert np.array_equal(got.output, want), how
+    for r in _roles(fb):
+        assert np.array_equal(got.masks[r], want_masks[r]), (how, r)
+    if _streamable(fb):
+        streamed = run_c_fused_block(lib, fb, x, stream=True)
+        assert streamed.status == 0 and np.array_equal(streamed.output, want)
+    if fb.inplace_ok:
+        inplace = run_c_fused_block(lib, fb, x, in_place=True)
+        assert inplace.status == 0 and np.array_equal(inplace.output, want)
+
+
+@pytest.mark.parametrize("how", ["prefix", "delta", "all"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[12], CASES[14], CASES[16]], ids=lambda c: c.name)
+def test_weight_patches(lib: ctypes.CDLL, case: Case, how: str) -> None:
+    rng = np.random.default_rng(len(case.name) * 7 + len(how))
+    graph = _with_extremes(build(case, seed=5), rng, per_tensor=False)
+    idx = range(len(graph.ops))
+    check_patched(lib, graph, idx, _inputs(graph, 2), rng, how)
+    check_patched(lib, graph, idx, _inputs(graph, 2, seed=4), rng, how, roles=("lead",))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_weight_patches_random_blocks(lib: ctypes.CDLL, seed: int) -> None:
+    rng = np.random.default_rng(77 + seed)
+    k, stride, lead, residual = RANDOM[int(rng.integers(len(RANDOM)))]
+    h, w = (int(v) for v in rng.integers(k, k + 6, 2))
+    if lead == "stem":
+        h, w = 2 * h, 2 * w
+    case = Case("random", h, w, int(rng.integers(2, 9)), k, stride, lead=lead, residual=residual,
+                expand=int(rng.integers(1, 7)), cout=0 if residual else int(rng.integers(1, 12)))  # fmt: skip
+    graph = _with_extremes(build(case, seed=seed), rng, per_tensor=bool(seed % 2))
+    check_patched(lib, graph, range(len(graph.ops)), _inputs(graph, 2, seed=seed), rng, ("prefix", "delta")[seed % 2])
+
+
+def test_weight_patches_shipped_tte_block(lib: ctypes.CDLL) -> None:
+    """The live blocks of the 128x128 tte program: the expansion trained at its channel subset."""
+    graph = _model(FMNIST128)
+    fused = fuse_frozen_blocks(graph, len(graph.ops))
+    rng = np.random.default_rng(3)
+    probe = replace(graph, outputs=tuple(sorted({b.input for b in fused.blocks[-3:]})))
+    values = dict(zip(probe.outputs, Simulator(probe).run([_inputs(graph, 1, seed=2)]), strict=True))
+    for block in fused.blocks[-3:]:
+        check_patched(lib, graph, block.op_indices, values[block.input], rng, "prefix", roles=("lead",))
+        check_patched(lib, graph, block.op_indices, values[block.input], rng, "delta")
+
+
+def test_refused_patches(lib: ctypes.CDLL) -> None:
+    graph = build(CASES[0])
+    idx = range(len(graph.ops))
+    fb = fused_block_c(graph, idx)
+    x = _inputs(graph, 1)
+    in_c, mid_c = fb.in_hwc[2], fb.mid_hwc[2]
+    lead_w = np.zeros((mid_c, 1, 1, 2), np.int8)
+    bad: dict[str, list[tuple[list[int], np.ndarray]]] = {
+        "lead": [([1, 0], lead_w), ([0, in_c], lead_w), ([1, 1], lead_w)],
+        "depthwise": [([mid_c], np.zeros((3, 3, 1), np.int8))],
+        "project": [([2, 1], np.zeros((fb.out_hwc[2], 2), np.int8))],
+    }
+    for role, cases in bad.items():
+        for ch, wt in cases:
+            res = run_c_fused_block(lib, fb.with_patches({role: (ch, wt)}), x)
+            assert res.status == TT_ERR_ARG, (role, ch)
+    ok = run_c_fused_block(lib, fb.with_patches({"lead": ([0, 1], lead_w)}), x)
+    assert ok.status == 0
+
+
 # ----------------------------------------------------------------------- refusals
 
 

@@ -453,6 +453,56 @@ def _backend_runner(
     return lambda spec: run_generated(compiled, gen, spec, transport)
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from codegen.backends import RunSpec
+    from codegen.profile import profile
+    from tinytrain.train.compile import load_artifact
+    from tinytrain.train.data import load_dataset
+
+    compiled = load_artifact(Path(args.out))
+    if args.steps < 1 or args.test_samples < 1:
+        raise UsageError("--steps and --test-samples must be >= 1")
+    train = load_dataset(args.data, "train")
+    test = load_dataset(args.data, "test")
+    sample_bytes = compiled.options.sample_bytes
+    if sample_bytes is None:
+        raise UsageError(f"{args.out} was compiled without --sample-shape: the device program needs it")
+    if int(np.prod(train.sample_shape)) != sample_bytes:
+        raise UsageError(
+            f"{args.data} samples have shape {list(train.sample_shape)}; the program takes {sample_bytes} bytes"
+        )
+    spec = RunSpec(
+        train.images[: args.steps], train.labels[: args.steps].astype(np.int64), test.images[: args.test_samples],
+        seed=args.seed, lr=args.lr,
+    )  # fmt: skip
+    prof = profile(compiled, args.target, spec, kernels=args.kernels, timeout=args.timeout)
+    payload = prof.to_json()
+    if args.json:
+        print(json.dumps(payload, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"{compiled.scheme.name} on {args.target} ({args.kernels} kernels): instructions per layer")
+    for col in ("layer", "calls", "forward", "backward", "fwd MACs", "MACs/instr"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for la in prof.layers:
+        mpi = f"{la.macs_per_instruction_forward:.3f}" if la.macs_per_instruction_forward is not None else "-"
+        table.add_row(
+            la.layer, str(la.calls), f"{la.forward_instructions:,}", f"{la.backward_instructions:,}",
+            f"{la.macs_forward:,}", mpi,
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"training step: {payload['train_step_instructions']:,} instructions "
+        f"({payload['macs_per_instruction_train']:.3f} MACs/instr); inference: "
+        f"{payload['inference_instructions']:,} ({payload['macs_per_instruction_inference']:.3f} MACs/instr); "
+        f"resolution {prof.resolution}; ELF text {prof.text:,} data {prof.data:,} bss {prof.bss:,} bytes"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinytrain", description="On-device training for microcontrollers.")
     p.add_argument("--version", action="version", version=f"tinytrain {__version__}")
@@ -541,6 +591,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--work-dir", help="keep the generated and built trace program here")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_debug_diff)
+
+    s = sub.add_parser("profile", help="count instructions per training step, inference and kernel call in QEMU")
+    s.add_argument("out", help="a `tinytrain compile` output directory (compiled with --sample-shape)")
+    s.add_argument("--target", required=True, choices=("qemu-m4", "qemu-m7"))
+    s.add_argument("--kernels", choices=("ref", "dsp"), default="ref", help="runtime kernels (default ref)")
+    s.add_argument("--data", default="fashion-mnist", help="fashion-mnist or an .npz with x (uint8 images) and y")
+    s.add_argument("--steps", type=int, default=2, help="training steps measured (default 2)")
+    s.add_argument("--test-samples", type=int, default=1, help="inferences measured (default 1)")
+    s.add_argument("--lr", type=float, default=0.01)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--timeout", type=float, default=900.0, help="seconds before QEMU is killed (default 900)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_profile)
 
     s = sub.add_parser("export", help="write a model (e.g. an MCUNet checkpoint) as .tflite")
     s.add_argument("model")

@@ -17,11 +17,12 @@ from __future__ import annotations
 import ctypes
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from codegen.cparams.forward import TtWeightPatch, weight_patch
 from tinytrain.errors import GraphError, UsageError
 from tinytrain.ir.graph import Graph
 from tinytrain.ir.ops import ElementwiseAttrs, Op, OpKind
@@ -64,6 +65,7 @@ class CStage(ctypes.Structure):
         ("multiplier", _I32P),
         ("shift", _I32P),
         *[(n, ctypes.c_int32) for n in ("input_zp", "output_zp", "act_min", "act_max", "mask_lo", "mask_hi")],
+        ("patch", ctypes.POINTER(TtWeightPatch)),
     ]
 
 
@@ -143,11 +145,21 @@ class Stage:
     act_max: int
     mask_lo: int
     mask_hi: int
+    # trained channel subset: (channels uint16 strictly increasing, w_train int8 in the
+    # tt_weight_patch layout of the stage: lead (O, kh, kw, n), depthwise (kh, kw, n),
+    # projection (O, n)); None: the flash weights only
+    patch: tuple[np.ndarray, np.ndarray] | None = None
 
-    def to_c(self) -> CStage:
+    def to_c(self, keep: list[Any]) -> CStage:
+        """The ctypes stage; ``keep`` receives the objects its pointers need alive."""
+        patch = None
+        if self.patch is not None:
+            wp = weight_patch(*self.patch)
+            keep.append(wp)
+            patch = ctypes.pointer(wp.struct)
         return CStage(
             self.weights.ctypes.data_as(_I8P), self.multiplier.ctypes.data_as(_I32P), self.shift.ctypes.data_as(_I32P),
-            self.input_zp, self.output_zp, self.act_min, self.act_max, self.mask_lo, self.mask_hi,
+            self.input_zp, self.output_zp, self.act_min, self.act_max, self.mask_lo, self.mask_hi, patch,
         )  # fmt: skip
 
 
@@ -216,7 +228,23 @@ class FusedBlockC:
         shapes = {"lead": self.mid_hwc, "depthwise": (oh, ow, self.mid_hwc[2]), "project": self.out_hwc}
         return shapes[role]
 
+    def with_patches(self, patches: Mapping[str, tuple[Sequence[int] | np.ndarray, np.ndarray]]) -> FusedBlockC:
+        """The same block with weight patches by role ("lead", "depthwise", "project"):
+        (trained channels, w_train in the stage's tt_weight_patch layout)."""
+        if set(patches) - set(ROLES):
+            raise UsageError(f"patch roles must be among {ROLES}, got {sorted(patches)}")
+        stages: dict[str, Stage | None] = {"lead": self.lead, "depthwise": self.dw, "project": self.proj}
+        for role, (ch, wt) in patches.items():
+            st = stages[role]
+            if st is None:
+                raise UsageError("this fused block has no leading convolution: no lead patch")
+            stages[role] = replace(st, patch=(np.asarray(ch, np.uint16), np.ascontiguousarray(wt, np.int8)))
+        dw, proj = stages["depthwise"], stages["project"]
+        assert dw is not None and proj is not None
+        return replace(self, lead=stages["lead"], dw=dw, proj=proj)
+
     def to_ctypes(self) -> CParams:
+        keep: list[Any] = []
         p = CFusedBlockParams()
         p.in_h, p.in_w, p.in_c = self.in_hwc
         p.mid_h, p.mid_w, p.mid_c = self.mid_hwc
@@ -225,15 +253,15 @@ class FusedBlockC:
             p.has_lead = 1
             p.lead_win = self.lead_win.to_c()
             p.lead_pad = _pad_to_c(self.lead_pad)
-            p.lead = self.lead.to_c()
+            p.lead = self.lead.to_c(keep)
         p.dw_win = self.dw_win.to_c()
         p.dw_pad = _pad_to_c(self.dw_pad)
-        p.dw = self.dw.to_c()
-        p.proj = self.proj.to_c()
+        p.dw = self.dw.to_c(keep)
+        p.proj = self.proj.to_c(keep)
         if self.add is not None:
             p.has_add = 1
             p.add = self.add.to_c()
-        return CParams(p, self)
+        return CParams(p, self, tuple(keep))
 
 
 @dataclass(frozen=True, eq=False)
@@ -242,6 +270,7 @@ class CParams:
 
     struct: CFusedBlockParams
     block: FusedBlockC
+    keep: tuple[Any, ...] = ()  # the weight patches the struct points to
 
 
 def c_scratch_bytes(fb: FusedBlockC) -> int:

@@ -31,6 +31,13 @@
  * where Wp_* is the width of the padded map (source width + every level's left + right).
  * tt_fused_block_scratch_bytes() returns the total (Python: FusedBlockParams.scratch_bytes).
  *
+ * Weight patches: a stage whose weights train a channel subset (tt_weight_patch, the arena
+ * slice w_train) computes with w_flash[..., ch[j]] replaced by w_train[..., j]: patched
+ * channels are read directly when ch = 0..n-1 (lead, projection) or per channel
+ * (depthwise); otherwise the flash dot product gets the correction
+ * sum_j (x[ch[j]] - zp) * (w_train[j] - w_flash[ch[j]]) (modulo 2^32, which is exact within
+ * the bound below since the current weights are int8 too).
+ *
  * Accumulator bound: every product |w * (x - zp)| <= 128 * 255, so an int32 accumulator
  * cannot overflow for up to 65793 taps per output value (lead kh*kw*in_c, depthwise
  * kh*kw, projection mid_c); parameters beyond that are refused (TT_ERR_ARG). The bias is
@@ -40,6 +47,7 @@
 #define TT_FUSED_BLOCK_H
 
 #include "tt_common.h"
+#include "tt_conv.h" /* tt_weight_patch */
 
 #define TT_FB_MAX_PAD_LEVELS 2
 #define TT_FB_MAX_TAPS 65793
@@ -72,6 +80,10 @@ typedef struct {
     int32_t output_zp;         /* -128 .. 127 */
     int32_t act_min, act_max;  /* fused activation clamp, within int8 */
     int32_t mask_lo, mask_hi;  /* clamp mask bit = (mask_lo < y < mask_hi) */
+    const tt_weight_patch *patch; /* NULL, or the trained channel subset of this stage's weights
+                                     (tt_conv.h layouts: lead [mid_c][kh][kw][n] with ch < in_c,
+                                     depthwise [kh][kw][n] with ch < mid_c, projection [out_c][n]
+                                     with ch < mid_c); the stage computes with the current weights */
 } tt_fb_stage;
 
 /* The residual ADD (TFLite Micro int8 ADD), its two inputs named by role. */

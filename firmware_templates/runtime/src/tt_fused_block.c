@@ -223,6 +223,13 @@ static tt_status check_params(const tt_fused_block_params *p) {
     if (!valid_stage(&p->dw, p->mid_c) || !valid_stage(&p->proj, p->out_c)) {
         return TT_ERR_ARG;
     }
+    int mode;
+    if ((p->has_lead && tt_patch_check(p->lead.patch, p->in_c, &mode) != TT_OK) ||
+        (!p->has_lead && p->lead.patch != NULL && p->lead.patch->n != 0) ||
+        tt_patch_check(p->dw.patch, p->mid_c, &mode) != TT_OK ||
+        tt_patch_check(p->proj.patch, p->mid_c, &mode) != TT_OK) {
+        return TT_ERR_ARG;
+    }
     if (p->has_add) {
         if (p->out_h != p->in_h || p->out_w != p->in_w || p->out_c != p->in_c) {
             return TT_ERR_SHAPE;
@@ -272,7 +279,25 @@ typedef struct {
     const int32_t *lead_bias, *dw_bias, *proj_bias;
     int8_t *window; /* lead window (NULL for a direct lead) */
     int direct;
+    int lead_mode, dw_mode, proj_mode; /* TT_PATCH_* of each stage's weight patch */
 } fb_run;
+
+/* The patch of a stage in the mode the checks found (n = 0 and NULL arrays: none). */
+typedef struct {
+    int32_t n;
+    const uint16_t *ch;
+    const int8_t *wt;
+} fb_patch;
+
+static fb_patch stage_patch(const tt_fb_stage *st, int mode) {
+    fb_patch r = {0, NULL, NULL};
+    if (mode != TT_PATCH_NONE) {
+        r.n = st->patch->n;
+        r.ch = st->patch->ch;
+        r.wt = st->patch->w_train;
+    }
+    return r;
+}
 
 /* Output row j of the lead convolution (mid_w x mid_c) into dst. */
 static void lead_row(const fb_run *run, int32_t j, int8_t *dst) {
@@ -309,24 +334,29 @@ static void lead_row(const fb_run *run, int32_t j, int8_t *dst) {
     }
     const int32_t zp = st->input_zp;
     const int32_t taps_row = g->kw * cin; /* weights per (output channel, ky) */
+    const fb_patch pt = stage_patch(st, run->lead_mode);
+    const size_t taps = (size_t)g->kh * (size_t)g->kw;
     for (int32_t ox = 0; ox < p->mid_w; ++ox) {
         const size_t px0 = (size_t)ox * (size_t)g->sw * (size_t)cin;
         for (int32_t co = 0; co < p->mid_c; ++co) {
             const int8_t *w = st->weights + (size_t)co * (size_t)g->kh * (size_t)taps_row;
-            int32_t acc = 0;
+            const int8_t *wt = pt.n != 0 ? pt.wt + (size_t)co * taps * (size_t)pt.n : NULL;
+            uint32_t acc = 0;
             for (int32_t ky = 0; ky < g->kh; ++ky) {
                 const int8_t *row = rows + (size_t)ky * row_stride + px0;
                 for (int32_t kx = 0; kx < g->kw; ++kx) {
                     const int8_t *px = row + (size_t)kx * (size_t)g->dw * (size_t)cin;
-                    for (int32_t ci = 0; ci < cin; ++ci) {
-                        acc += (int32_t)w[ci] * ((int32_t)px[ci] - zp);
-                    }
+                    acc += tt_dot_patched_s8(px, -zp, w, cin, run->lead_mode, wt, pt.ch, pt.n);
                     w += cin;
+                    if (wt != NULL) {
+                        wt += pt.n;
+                    }
                 }
             }
             int32_t bias = run->lead_bias != NULL ? run->lead_bias[co] : 0;
-            dst[(size_t)ox * (size_t)p->mid_c + (size_t)co] =
-                requantize(acc, bias, st->multiplier[co], st->shift[co], st->output_zp, st->act_min, st->act_max);
+            dst[(size_t)ox * (size_t)p->mid_c + (size_t)co] = requantize(
+                tt_wrap32((int64_t)acc), bias, st->multiplier[co], st->shift[co], st->output_zp, st->act_min,
+                st->act_max);
         }
     }
 }
@@ -341,11 +371,19 @@ static void depthwise_row(const fb_run *run, const int8_t *ring, int32_t oy, int
     const size_t slot_bytes = (size_t)padded_w(&p->dw_pad, p->mid_w) * (size_t)c;
     const int32_t base = (oy * g->sh) % n_ring;
     const int32_t zp = st->input_zp;
+    const fb_patch pt = stage_patch(st, run->dw_mode);
     for (int32_t ox = 0; ox < p->out_w; ++ox) {
         const size_t px0 = (size_t)ox * (size_t)g->sw * (size_t)c;
+        int32_t j = 0; /* patch cursor: pt.ch[j] is the next patched channel */
         for (int32_t ch = 0; ch < c; ++ch) {
             int32_t acc = 0;
             const int8_t *w = st->weights + ch;
+            size_t ws = (size_t)c; /* weight stride between taps */
+            if (j < pt.n && (int32_t)pt.ch[j] == ch) {
+                w = pt.wt + j;
+                ws = (size_t)pt.n;
+                ++j;
+            }
             for (int32_t ky = 0; ky < g->kh; ++ky) {
                 int32_t slot = base + ky * g->dh;
                 if (slot >= n_ring) {
@@ -354,7 +392,7 @@ static void depthwise_row(const fb_run *run, const int8_t *ring, int32_t oy, int
                 const int8_t *px = ring + (size_t)slot * slot_bytes + px0 + (size_t)ch;
                 for (int32_t kx = 0; kx < g->kw; ++kx) {
                     acc += (int32_t)*w * ((int32_t)*px - zp);
-                    w += c;
+                    w += ws;
                     px += (size_t)g->dw * (size_t)c;
                 }
             }
@@ -371,13 +409,20 @@ static void project_row(const fb_run *run, const int8_t *dw_row, int8_t *dst) {
     const tt_fb_stage *st = &p->proj;
     const int32_t cin = p->mid_c;
     const int32_t zp = st->input_zp;
+    const fb_patch pt = stage_patch(st, run->proj_mode);
     for (int32_t ox = 0; ox < p->out_w; ++ox) {
         const int8_t *in = dw_row + (size_t)ox * (size_t)cin;
         for (int32_t co = 0; co < p->out_c; ++co) {
             const int8_t *w = st->weights + (size_t)co * (size_t)cin;
-            int32_t acc = 0;
-            for (int32_t ci = 0; ci < cin; ++ci) {
-                acc += (int32_t)w[ci] * ((int32_t)in[ci] - zp);
+            int32_t acc;
+            if (run->proj_mode == TT_PATCH_NONE) {
+                acc = 0;
+                for (int32_t ci = 0; ci < cin; ++ci) {
+                    acc += (int32_t)w[ci] * ((int32_t)in[ci] - zp);
+                }
+            } else {
+                const int8_t *wt = pt.wt + (size_t)co * (size_t)pt.n;
+                acc = tt_wrap32((int64_t)tt_dot_patched_s8(in, -zp, w, cin, run->proj_mode, wt, pt.ch, pt.n));
             }
             int32_t bias = run->proj_bias != NULL ? run->proj_bias[co] : 0;
             dst[(size_t)ox * (size_t)p->out_c + (size_t)co] =
@@ -422,6 +467,12 @@ static tt_status run_block(const tt_fused_block_params *p, const int8_t *input, 
     run.dw_bias = dw_bias;
     run.proj_bias = proj_bias;
     run.direct = p->has_lead && lead_is_direct(p);
+    run.lead_mode = TT_PATCH_NONE;
+    if (p->has_lead) {
+        (void)tt_patch_check(p->lead.patch, p->in_c, &run.lead_mode); /* validated by check_params */
+    }
+    (void)tt_patch_check(p->dw.patch, p->mid_c, &run.dw_mode);
+    (void)tt_patch_check(p->proj.patch, p->mid_c, &run.proj_mode);
     if (source != NULL && (p->has_add || run.direct)) {
         return TT_ERR_ARG; /* the input rows would be needed outside the scratch */
     }

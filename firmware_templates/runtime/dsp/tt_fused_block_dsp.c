@@ -1,0 +1,820 @@
+/*
+ * Row-streamed fused inverted-residual block (int8), optimized backend: replaces
+ * src/tt_fused_block.c (see dsp/README.md); same functions, arguments, scratch and bytes
+ * (see include/tt_fused_block.h). Geometry, validation, ring and masks are the
+ * reference's; the three convolution stages run on the DSP extension (include/tt_dsp.h):
+ *   - lead 1x1 (expansion) and projection: tt_dsp_gemm_s8 (channel pairs x pixel pairs,
+ *     SMLAD, input offset folded into bias + off * weight sum, computed once per row);
+ *   - a lead conv with a window (stem): the same blocks over its kh window rows
+ *     (window_gemm), when its column dilation is 1;
+ *   - depthwise: four channels per 4-byte load, SMLABB/SMLATT;
+ *   - a stage with a weight patch (tt_weight_patch): the reference loops (lead_row_ref,
+ *     depthwise_row_ref, project_row_ref, as in src/tt_fused_block.c).
+ * Accumulators: the reference's int32 sums never overflow (<= TT_FB_MAX_TAPS taps of
+ * |w (x - zp)| <= 32640) so they equal the true sums; ours are the same sums modulo 2^32.
+ * C twin of tinytrain/sim/kernels/fused_block.py: run_fused_block (padded-row geometry:
+ * tinytrain/sim/kernels/fused_rows.py: PaddedRows / padded_rows).
+ */
+#include "tt_fused_block.h"
+
+#include <string.h>
+
+#include "tt_dsp.h"
+#include "tt_fixedpoint.h"
+
+#define TT_FB_MAX_DIM 32767
+
+/* ------------------------------------------------------------------ padded maps */
+
+/* Columns a padding adds before the source (the first source column). */
+static int32_t pad_before_w(const tt_fb_padding *pd) {
+    int32_t s = 0;
+    for (int32_t k = 0; k < pd->n_levels; ++k) {
+        s += pd->level[k].left;
+    }
+    return s;
+}
+
+static int32_t padded_h(const tt_fb_padding *pd, int32_t src_h) {
+    int32_t s = src_h;
+    for (int32_t k = 0; k < pd->n_levels; ++k) {
+        s += pd->level[k].top + pd->level[k].bottom;
+    }
+    return s;
+}
+
+static int32_t padded_w(const tt_fb_padding *pd, int32_t src_w) {
+    int32_t s = src_w;
+    for (int32_t k = 0; k < pd->n_levels; ++k) {
+        s += pd->level[k].left + pd->level[k].right;
+    }
+    return s;
+}
+
+/* The source row shown by padded row r, or -1 - k for a padding row of level k (the
+ * outermost level whose top/bottom border holds the row). 0 <= r < padded_h. */
+static int32_t padded_source(const tt_fb_padding *pd, int32_t src_h, int32_t r) {
+    int32_t inner[TT_FB_MAX_PAD_LEVELS];
+    int32_t h = src_h;
+    for (int32_t k = 0; k < pd->n_levels; ++k) {
+        inner[k] = h;
+        h += pd->level[k].top + pd->level[k].bottom;
+    }
+    for (int32_t k = pd->n_levels - 1; k >= 0; --k) {
+        const tt_fb_pad_level *lv = &pd->level[k];
+        if (r < lv->top || r >= lv->top + inner[k]) {
+            return -1 - k;
+        }
+        r -= lv->top;
+    }
+    return r;
+}
+
+/* Fill byte of padded column col in a row that is padding at level `row_level`
+ * (row_level < 0: a source row, col outside the source columns). Levels outside the
+ * row's own level win on their border columns; inside them the row holds its level's
+ * value. */
+static int8_t pad_byte(const tt_fb_padding *pd, int32_t src_w, int32_t col, int32_t row_level) {
+    int32_t inner[TT_FB_MAX_PAD_LEVELS];
+    int32_t w = src_w;
+    for (int32_t k = 0; k < pd->n_levels; ++k) {
+        inner[k] = w;
+        w += pd->level[k].left + pd->level[k].right;
+    }
+    for (int32_t k = pd->n_levels - 1; k > row_level; --k) {
+        const tt_fb_pad_level *lv = &pd->level[k];
+        if (col < lv->left || col >= lv->left + inner[k]) {
+            return (int8_t)lv->value;
+        }
+        col -= lv->left;
+    }
+    /* row_level >= 0 here (a source column of a source row is never asked for) */
+    return (int8_t)pd->level[row_level >= 0 ? row_level : 0].value;
+}
+
+/* Writes the padding bytes of padded row dst (padded_w x c): every column of a padding
+ * row of level row_level >= 0, or the non-source columns of a source row (row_level < 0). */
+static void fill_padding(const tt_fb_padding *pd, int32_t src_w, int32_t c, int32_t row_level, int8_t *dst) {
+    const int32_t pw = padded_w(pd, src_w);
+    const int32_t col0 = pad_before_w(pd);
+    /* a source row keeps columns col0 .. col0 + src_w - 1 for the source bytes */
+    const int32_t skip_from = row_level < 0 ? col0 : pw;
+    const int32_t skip_to = row_level < 0 ? col0 + src_w : pw;
+    for (int32_t col = 0; col < pw; ++col) {
+        if (col >= skip_from && col < skip_to) {
+            continue;
+        }
+        memset(dst + (size_t)col * (size_t)c, pad_byte(pd, src_w, col, row_level), (size_t)c);
+    }
+}
+
+/* ------------------------------------------------------------------ arithmetic */
+
+/* clamp(MBQM(acc + bias, q, shift) + zp): the requantization of TFLite Micro's int8 conv. */
+static inline int8_t requantize(int32_t acc, int32_t bias, int32_t q, int32_t shift, int32_t zp, int32_t lo,
+                                int32_t hi) {
+    int64_t v = (int64_t)tt_mbqm(tt_wrap_add32(acc, bias), q, (int)shift) + zp;
+    return (int8_t)tt_clamp64(v, lo, hi);
+}
+
+/* Sets bit (bit0 + i) of mask for every value v[i] strictly inside (lo, hi). */
+static void emit_mask(uint8_t *mask, size_t bit0, const int8_t *v, int32_t n, int32_t lo, int32_t hi) {
+    if (mask == NULL) {
+        return;
+    }
+    for (int32_t i = 0; i < n; ++i) {
+        if (v[i] > lo && v[i] < hi) {
+            size_t b = bit0 + (size_t)i;
+            mask[b >> 3] = (uint8_t)(mask[b >> 3] | (1u << (b & 7u)));
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ validation */
+
+static int in_range(int32_t v, int32_t lo, int32_t hi) { return v >= lo && v <= hi; }
+
+static int valid_window(const tt_fb_window *w) {
+    return in_range(w->kh, 1, TT_FB_MAX_DIM) && in_range(w->kw, 1, TT_FB_MAX_DIM) && in_range(w->sh, 1, TT_FB_MAX_DIM) &&
+           in_range(w->sw, 1, TT_FB_MAX_DIM) && in_range(w->dh, 1, TT_FB_MAX_DIM) && in_range(w->dw, 1, TT_FB_MAX_DIM);
+}
+
+static int valid_padding(const tt_fb_padding *pd) {
+    if (!in_range(pd->n_levels, 0, TT_FB_MAX_PAD_LEVELS)) {
+        return 0;
+    }
+    for (int32_t k = 0; k < pd->n_levels; ++k) {
+        const tt_fb_pad_level *lv = &pd->level[k];
+        if (!in_range(lv->top, 0, TT_FB_MAX_DIM) || !in_range(lv->bottom, 0, TT_FB_MAX_DIM) ||
+            !in_range(lv->left, 0, TT_FB_MAX_DIM) || !in_range(lv->right, 0, TT_FB_MAX_DIM) ||
+            !in_range(lv->value, TT_INT8_MIN, TT_INT8_MAX)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int valid_stage(const tt_fb_stage *s, int32_t channels) {
+    if (s->weights == NULL || s->multiplier == NULL || s->shift == NULL ||
+        !in_range(s->input_zp, TT_INT8_MIN, TT_INT8_MAX) || !in_range(s->output_zp, TT_INT8_MIN, TT_INT8_MAX) ||
+        !in_range(s->act_min, TT_INT8_MIN, TT_INT8_MAX) || !in_range(s->act_max, s->act_min, TT_INT8_MAX)) {
+        return 0;
+    }
+    for (int32_t c = 0; c < channels; ++c) {
+        if (s->multiplier[c] < 0 || !in_range(s->shift[c], -31, 31)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int valid_add(const tt_fb_add *a) {
+    return in_range(a->x_zp, TT_INT8_MIN, TT_INT8_MAX) && in_range(a->p_zp, TT_INT8_MIN, TT_INT8_MAX) &&
+           in_range(a->out_zp, TT_INT8_MIN, TT_INT8_MAX) && a->x_multiplier >= 0 && a->p_multiplier >= 0 &&
+           a->out_multiplier >= 0 && in_range(a->x_shift, -31, 31) && in_range(a->p_shift, -31, 31) &&
+           in_range(a->out_shift, -31, 31) && in_range(a->left_shift, 0, 22) &&
+           in_range(a->act_min, TT_INT8_MIN, TT_INT8_MAX) && in_range(a->act_max, a->act_min, TT_INT8_MAX);
+}
+
+/* The window of w over a padded map of size (ph, pw) yields out_h x out_w positions
+ * without reading outside it. */
+static int window_fits(const tt_fb_window *w, int32_t ph, int32_t pw, int32_t out_h, int32_t out_w) {
+    int64_t need_h = (int64_t)(out_h - 1) * w->sh + (int64_t)(w->kh - 1) * w->dh + 1;
+    int64_t need_w = (int64_t)(out_w - 1) * w->sw + (int64_t)(w->kw - 1) * w->dw + 1;
+    return need_h <= ph && need_w <= pw;
+}
+
+static int small_map(int32_t h, int32_t w, int32_t c) {
+    return in_range(h, 1, TT_FB_MAX_DIM) && in_range(w, 1, TT_FB_MAX_DIM) && in_range(c, 1, TT_FB_MAX_DIM) &&
+           (int64_t)h * w * c <= TT_INT32_MAX;
+}
+
+static int lead_is_direct(const tt_fused_block_params *p) {
+    const tt_fb_window *g = &p->lead_win;
+    return g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && padded_h(&p->lead_pad, p->in_h) == p->in_h &&
+           padded_w(&p->lead_pad, p->in_w) == p->in_w;
+}
+
+static tt_status check_params(const tt_fused_block_params *p) {
+    if (p == NULL) {
+        return TT_ERR_ARG;
+    }
+    if (!small_map(p->in_h, p->in_w, p->in_c) || !small_map(p->mid_h, p->mid_w, p->mid_c) ||
+        !small_map(p->out_h, p->out_w, p->out_c) || !in_range(p->has_lead, 0, 1) || !in_range(p->has_add, 0, 1)) {
+        return TT_ERR_SHAPE;
+    }
+    if (!valid_window(&p->dw_win) || !valid_padding(&p->dw_pad)) {
+        return TT_ERR_ARG;
+    }
+    if (!small_map(padded_h(&p->dw_pad, p->mid_h), padded_w(&p->dw_pad, p->mid_w), p->mid_c) ||
+        !window_fits(&p->dw_win, padded_h(&p->dw_pad, p->mid_h), padded_w(&p->dw_pad, p->mid_w), p->out_h,
+                     p->out_w)) {
+        return TT_ERR_SHAPE;
+    }
+    if ((int64_t)p->dw_win.kh * p->dw_win.kw > TT_FB_MAX_TAPS || p->mid_c > TT_FB_MAX_TAPS) {
+        return TT_ERR_ARG;
+    }
+    if (p->has_lead) {
+        if (!valid_window(&p->lead_win) || !valid_padding(&p->lead_pad)) {
+            return TT_ERR_ARG;
+        }
+        int32_t ph = padded_h(&p->lead_pad, p->in_h);
+        int32_t pw = padded_w(&p->lead_pad, p->in_w);
+        if (!small_map(ph, pw, p->in_c) || !window_fits(&p->lead_win, ph, pw, p->mid_h, p->mid_w)) {
+            return TT_ERR_SHAPE;
+        }
+        if ((int64_t)p->lead_win.kh * p->lead_win.kw * p->in_c > TT_FB_MAX_TAPS ||
+            (int64_t)p->lead_win.kh * pw * p->in_c > TT_INT32_MAX) {
+            return TT_ERR_ARG;
+        }
+        if (!valid_stage(&p->lead, p->mid_c)) {
+            return TT_ERR_ARG;
+        }
+    } else if (p->mid_h != p->in_h || p->mid_w != p->in_w || p->mid_c != p->in_c) {
+        return TT_ERR_SHAPE;
+    }
+    if (!valid_stage(&p->dw, p->mid_c) || !valid_stage(&p->proj, p->out_c)) {
+        return TT_ERR_ARG;
+    }
+    int mode;
+    if ((p->has_lead && tt_patch_check(p->lead.patch, p->in_c, &mode) != TT_OK) ||
+        (!p->has_lead && p->lead.patch != NULL && p->lead.patch->n != 0) ||
+        tt_patch_check(p->dw.patch, p->mid_c, &mode) != TT_OK ||
+        tt_patch_check(p->proj.patch, p->mid_c, &mode) != TT_OK) {
+        return TT_ERR_ARG;
+    }
+    if (p->has_add) {
+        if (p->out_h != p->in_h || p->out_w != p->in_w || p->out_c != p->in_c) {
+            return TT_ERR_SHAPE;
+        }
+        if (!valid_add(&p->add)) {
+            return TT_ERR_ARG;
+        }
+    }
+    return TT_OK;
+}
+
+/* ------------------------------------------------------------------ scratch */
+
+typedef struct {
+    size_t lead_window, ring, dw_row, proj_row;
+} fb_scratch;
+
+static int32_t ring_rows(const tt_fb_window *g) { return (g->kh - 1) * g->dh + 1; }
+
+static fb_scratch scratch_parts(const tt_fused_block_params *p) {
+    fb_scratch s;
+    s.lead_window = 0;
+    if (p->has_lead && !lead_is_direct(p)) {
+        s.lead_window = (size_t)p->lead_win.kh * (size_t)padded_w(&p->lead_pad, p->in_w) * (size_t)p->in_c;
+    }
+    s.ring = (size_t)ring_rows(&p->dw_win) * (size_t)padded_w(&p->dw_pad, p->mid_w) * (size_t)p->mid_c;
+    s.dw_row = (size_t)p->out_w * (size_t)p->mid_c;
+    s.proj_row = p->has_add ? (size_t)p->out_w * (size_t)p->out_c : 0u;
+    return s;
+}
+
+size_t tt_fused_block_scratch_bytes(const tt_fused_block_params *p) {
+    if (check_params(p) != TT_OK) {
+        return 0;
+    }
+    fb_scratch s = scratch_parts(p);
+    return s.lead_window + s.ring + s.dw_row + s.proj_row;
+}
+
+/* ------------------------------------------------------------------ stages */
+
+typedef struct {
+    const tt_fused_block_params *p;
+    const int8_t *input;  /* NULL in stream mode */
+    tt_fb_row_source source;
+    void *source_ctx;
+    const int32_t *lead_bias, *dw_bias, *proj_bias;
+    int8_t *window; /* lead window (NULL for a direct lead) */
+    int direct;
+    int lead_mode, dw_mode, proj_mode; /* TT_PATCH_* of each stage's weight patch */
+} fb_run;
+
+/* The patch of a stage in the mode the checks found (n = 0 and NULL arrays: none). */
+typedef struct {
+    int32_t n;
+    const uint16_t *ch;
+    const int8_t *wt;
+} fb_patch;
+
+static fb_patch stage_patch(const tt_fb_stage *st, int mode) {
+    fb_patch r = {0, NULL, NULL};
+    if (mode != TT_PATCH_NONE) {
+        r.n = st->patch->n;
+        r.ch = st->patch->ch;
+        r.wt = st->patch->w_train;
+    }
+    return r;
+}
+
+/* Output row j of the lead convolution (mid_w x mid_c) into dst. */
+static void lead_row_ref(const fb_run *run, int32_t j, int8_t *dst) {
+    const tt_fused_block_params *p = run->p;
+    const tt_fb_window *g = &p->lead_win;
+    const tt_fb_stage *st = &p->lead;
+    const int32_t cin = p->in_c;
+    const int8_t *rows; /* row ky of the window starts at rows + ky * row_stride */
+    size_t row_stride;
+    if (run->direct) {
+        rows = run->input + (size_t)j * (size_t)p->in_w * (size_t)cin;
+        row_stride = 0;
+    } else {
+        const int32_t pw = padded_w(&p->lead_pad, p->in_w);
+        const int32_t col0 = pad_before_w(&p->lead_pad);
+        row_stride = (size_t)pw * (size_t)cin;
+        for (int32_t ky = 0; ky < g->kh; ++ky) {
+            int8_t *wrow = run->window + (size_t)ky * row_stride;
+            int32_t r = j * g->sh + ky * g->dh;
+            int32_t s = padded_source(&p->lead_pad, p->in_h, r);
+            if (s < 0) {
+                fill_padding(&p->lead_pad, p->in_w, cin, -1 - s, wrow);
+                continue;
+            }
+            fill_padding(&p->lead_pad, p->in_w, cin, -1, wrow);
+            int8_t *src_cols = wrow + (size_t)col0 * (size_t)cin;
+            if (run->source != NULL) {
+                run->source(run->source_ctx, s, src_cols);
+            } else {
+                memcpy(src_cols, run->input + (size_t)s * (size_t)p->in_w * (size_t)cin, (size_t)p->in_w * (size_t)cin);
+            }
+        }
+        rows = run->window;
+    }
+    const int32_t zp = st->input_zp;
+    const int32_t taps_row = g->kw * cin; /* weights per (output channel, ky) */
+    const fb_patch pt = stage_patch(st, run->lead_mode);
+    const size_t taps = (size_t)g->kh * (size_t)g->kw;
+    for (int32_t ox = 0; ox < p->mid_w; ++ox) {
+        const size_t px0 = (size_t)ox * (size_t)g->sw * (size_t)cin;
+        for (int32_t co = 0; co < p->mid_c; ++co) {
+            const int8_t *w = st->weights + (size_t)co * (size_t)g->kh * (size_t)taps_row;
+            const int8_t *wt = pt.n != 0 ? pt.wt + (size_t)co * taps * (size_t)pt.n : NULL;
+            uint32_t acc = 0;
+            for (int32_t ky = 0; ky < g->kh; ++ky) {
+                const int8_t *row = rows + (size_t)ky * row_stride + px0;
+                for (int32_t kx = 0; kx < g->kw; ++kx) {
+                    const int8_t *px = row + (size_t)kx * (size_t)g->dw * (size_t)cin;
+                    acc += tt_dot_patched_s8(px, -zp, w, cin, run->lead_mode, wt, pt.ch, pt.n);
+                    w += cin;
+                    if (wt != NULL) {
+                        wt += pt.n;
+                    }
+                }
+            }
+            int32_t bias = run->lead_bias != NULL ? run->lead_bias[co] : 0;
+            dst[(size_t)ox * (size_t)p->mid_c + (size_t)co] = requantize(
+                tt_wrap32((int64_t)acc), bias, st->multiplier[co], st->shift[co], st->output_zp, st->act_min,
+                st->act_max);
+        }
+    }
+}
+
+/* Depthwise output row oy (out_w x mid_c) from the ring into dst. */
+static void depthwise_row_ref(const fb_run *run, const int8_t *ring, int32_t oy, int8_t *dst) {
+    const tt_fused_block_params *p = run->p;
+    const tt_fb_window *g = &p->dw_win;
+    const tt_fb_stage *st = &p->dw;
+    const int32_t c = p->mid_c;
+    const int32_t n_ring = ring_rows(g);
+    const size_t slot_bytes = (size_t)padded_w(&p->dw_pad, p->mid_w) * (size_t)c;
+    const int32_t base = (oy * g->sh) % n_ring;
+    const int32_t zp = st->input_zp;
+    const fb_patch pt = stage_patch(st, run->dw_mode);
+    for (int32_t ox = 0; ox < p->out_w; ++ox) {
+        const size_t px0 = (size_t)ox * (size_t)g->sw * (size_t)c;
+        int32_t j = 0; /* patch cursor: pt.ch[j] is the next patched channel */
+        for (int32_t ch = 0; ch < c; ++ch) {
+            int32_t acc = 0;
+            const int8_t *w = st->weights + ch;
+            size_t ws = (size_t)c; /* weight stride between taps */
+            if (j < pt.n && (int32_t)pt.ch[j] == ch) {
+                w = pt.wt + j;
+                ws = (size_t)pt.n;
+                ++j;
+            }
+            for (int32_t ky = 0; ky < g->kh; ++ky) {
+                int32_t slot = base + ky * g->dh;
+                if (slot >= n_ring) {
+                    slot -= n_ring;
+                }
+                const int8_t *px = ring + (size_t)slot * slot_bytes + px0 + (size_t)ch;
+                for (int32_t kx = 0; kx < g->kw; ++kx) {
+                    acc += (int32_t)*w * ((int32_t)*px - zp);
+                    w += ws;
+                    px += (size_t)g->dw * (size_t)c;
+                }
+            }
+            int32_t bias = run->dw_bias != NULL ? run->dw_bias[ch] : 0;
+            dst[(size_t)ox * (size_t)c + (size_t)ch] =
+                requantize(acc, bias, st->multiplier[ch], st->shift[ch], st->output_zp, st->act_min, st->act_max);
+        }
+    }
+}
+
+/* 1x1 projection of a depthwise row (out_w x mid_c) into dst (out_w x out_c). */
+static void project_row_ref(const fb_run *run, const int8_t *dw_row, int8_t *dst) {
+    const tt_fused_block_params *p = run->p;
+    const tt_fb_stage *st = &p->proj;
+    const int32_t cin = p->mid_c;
+    const int32_t zp = st->input_zp;
+    const fb_patch pt = stage_patch(st, run->proj_mode);
+    for (int32_t ox = 0; ox < p->out_w; ++ox) {
+        const int8_t *in = dw_row + (size_t)ox * (size_t)cin;
+        for (int32_t co = 0; co < p->out_c; ++co) {
+            const int8_t *w = st->weights + (size_t)co * (size_t)cin;
+            int32_t acc;
+            if (run->proj_mode == TT_PATCH_NONE) {
+                acc = 0;
+                for (int32_t ci = 0; ci < cin; ++ci) {
+                    acc += (int32_t)w[ci] * ((int32_t)in[ci] - zp);
+                }
+            } else {
+                const int8_t *wt = pt.wt + (size_t)co * (size_t)pt.n;
+                acc = tt_wrap32((int64_t)tt_dot_patched_s8(in, -zp, w, cin, run->proj_mode, wt, pt.ch, pt.n));
+            }
+            int32_t bias = run->proj_bias != NULL ? run->proj_bias[co] : 0;
+            dst[(size_t)ox * (size_t)p->out_c + (size_t)co] =
+                requantize(acc, bias, st->multiplier[co], st->shift[co], st->output_zp, st->act_min, st->act_max);
+        }
+    }
+}
+
+/* Fills the lead window (non-direct lead) with the padded input rows of lead output row j. */
+static void fill_lead_window(const fb_run *run, int32_t j) {
+    const tt_fused_block_params *p = run->p;
+    const tt_fb_window *g = &p->lead_win;
+    const int32_t cin = p->in_c;
+    const int32_t pw = padded_w(&p->lead_pad, p->in_w);
+    const int32_t col0 = pad_before_w(&p->lead_pad);
+    const size_t row_stride = (size_t)pw * (size_t)cin;
+    for (int32_t ky = 0; ky < g->kh; ++ky) {
+        int8_t *wrow = run->window + (size_t)ky * row_stride;
+        int32_t r = j * g->sh + ky * g->dh;
+        int32_t s = padded_source(&p->lead_pad, p->in_h, r);
+        if (s < 0) {
+            fill_padding(&p->lead_pad, p->in_w, cin, -1 - s, wrow);
+            continue;
+        }
+        fill_padding(&p->lead_pad, p->in_w, cin, -1, wrow);
+        int8_t *src_cols = wrow + (size_t)col0 * (size_t)cin;
+        if (run->source != NULL) {
+            run->source(run->source_ctx, s, src_cols);
+        } else {
+            memcpy(src_cols, run->input + (size_t)s * (size_t)p->in_w * (size_t)cin, (size_t)p->in_w * (size_t)cin);
+        }
+    }
+}
+
+/*
+ * A windowed convolution row as a blocked GEMM: output pixel ox reads kh segments of
+ * seg contiguous bytes at x + ox * x_step + ky * row_stride (a window without column
+ * dilation: kw * in_c bytes per window row); channel co's weights are kh * seg
+ * contiguous bytes. Channel pairs x pixel pairs, SMLAD, the input offset folded into
+ * the start value (bias + off * weight sum), see include/tt_dsp.h.
+ */
+static void window_gemm(const tt_dsp_gemm *g, int32_t kh, const int8_t *x, size_t x_step, size_t row_stride,
+                        const int8_t *w, const int32_t *bias, int8_t *y) {
+    const int32_t seg = g->k;
+    const int32_t taps = kh * seg;
+    const size_t y_stride = (size_t)g->cols;
+    int32_t co = 0;
+    for (; co + 2 <= g->cols; co += 2) {
+        const int8_t *w0 = w + (size_t)co * (size_t)taps;
+        const int8_t *w1 = w0 + taps;
+        const uint32_t b0 = (bias != NULL ? (uint32_t)bias[co] : 0u) + (uint32_t)g->off * tt_dsp_sum_s8(w0, taps);
+        const uint32_t b1 = (bias != NULL ? (uint32_t)bias[co + 1] : 0u) + (uint32_t)g->off * tt_dsp_sum_s8(w1, taps);
+        const int32_t q0 = g->mult[co], q1 = g->mult[co + 1];
+        const int s0 = (int)g->shift[co], s1 = (int)g->shift[co + 1];
+        int32_t ox = 0;
+        for (; ox + 2 <= g->rows; ox += 2) {
+            uint32_t acc[4] = {b0, b1, b0, b1};
+            const int8_t *xa = x + (size_t)ox * x_step;
+            for (int32_t ky = 0; ky < kh; ++ky) {
+                const int8_t *xr = xa + (size_t)ky * row_stride;
+                tt_dsp_dot_2x2(xr, xr + x_step, w0 + (size_t)ky * (size_t)seg, w1 + (size_t)ky * (size_t)seg, seg, acc);
+            }
+            int8_t *y0 = y + (size_t)ox * y_stride + co;
+            y0[0] = tt_dsp_requant_s8(acc[0], q0, s0, g->zp, g->lo_z, g->hi_z);
+            y0[1] = tt_dsp_requant_s8(acc[1], q1, s1, g->zp, g->lo_z, g->hi_z);
+            y0[y_stride] = tt_dsp_requant_s8(acc[2], q0, s0, g->zp, g->lo_z, g->hi_z);
+            y0[y_stride + 1] = tt_dsp_requant_s8(acc[3], q1, s1, g->zp, g->lo_z, g->hi_z);
+        }
+        if (ox < g->rows) {
+            uint32_t acc[2] = {b0, b1};
+            const int8_t *xa = x + (size_t)ox * x_step;
+            for (int32_t ky = 0; ky < kh; ++ky) {
+                tt_dsp_dot_1x2(xa + (size_t)ky * row_stride, w0 + (size_t)ky * (size_t)seg,
+                               w1 + (size_t)ky * (size_t)seg, seg, acc);
+            }
+            int8_t *y0 = y + (size_t)ox * y_stride + co;
+            y0[0] = tt_dsp_requant_s8(acc[0], q0, s0, g->zp, g->lo_z, g->hi_z);
+            y0[1] = tt_dsp_requant_s8(acc[1], q1, s1, g->zp, g->lo_z, g->hi_z);
+        }
+    }
+    if (co < g->cols) {
+        const int8_t *w0 = w + (size_t)co * (size_t)taps;
+        const uint32_t b0 = (bias != NULL ? (uint32_t)bias[co] : 0u) + (uint32_t)g->off * tt_dsp_sum_s8(w0, taps);
+        for (int32_t ox = 0; ox < g->rows; ++ox) {
+            uint32_t acc = b0;
+            for (int32_t ky = 0; ky < kh; ++ky) {
+                acc += tt_dsp_dot_1x1(x + (size_t)ox * x_step + (size_t)ky * row_stride, w0 + (size_t)ky * (size_t)seg,
+                                      seg);
+            }
+            y[(size_t)ox * y_stride + (size_t)co] =
+                tt_dsp_requant_s8(acc, g->mult[co], (int)g->shift[co], g->zp, g->lo_z, g->hi_z);
+        }
+    }
+}
+
+/* The stage's GEMM constants over `rows` output pixels, k bytes per segment, cols channels. */
+static tt_dsp_gemm stage_gemm(const tt_fb_stage *st, int32_t rows, int32_t k, int32_t cols) {
+    const tt_dsp_gemm g = {rows,          k,           cols, -st->input_zp, st->multiplier, st->shift, st->output_zp,
+                           st->act_min - st->output_zp, st->act_max - st->output_zp};
+    return g;
+}
+
+/* Output row j of the lead convolution (mid_w x mid_c) into dst. */
+static void lead_row(const fb_run *run, int32_t j, int8_t *dst) {
+    const tt_fused_block_params *p = run->p;
+    const tt_fb_window *g = &p->lead_win;
+    const tt_fb_stage *st = &p->lead;
+    const int32_t cin = p->in_c;
+    if (run->lead_mode != TT_PATCH_NONE) {
+        lead_row_ref(run, j, dst); /* patched weights: the reference loops */
+        return;
+    }
+    if (run->direct) {
+        const tt_dsp_gemm gm = stage_gemm(st, p->mid_w, cin, p->mid_c);
+        tt_dsp_gemm_s8(&gm, run->input + (size_t)j * (size_t)p->in_w * (size_t)cin, (size_t)cin, st->weights,
+                       run->lead_bias, dst, (size_t)p->mid_c);
+        return;
+    }
+    fill_lead_window(run, j);
+    const size_t row_stride = (size_t)padded_w(&p->lead_pad, p->in_w) * (size_t)cin;
+    const int8_t *rows = run->window; /* row ky of the window starts at rows + ky * row_stride */
+    if (g->dw == 1) {
+        const tt_dsp_gemm gm = stage_gemm(st, p->mid_w, g->kw * cin, p->mid_c);
+        window_gemm(&gm, g->kh, rows, (size_t)g->sw * (size_t)cin, row_stride, st->weights, run->lead_bias, dst);
+        return;
+    }
+    /* column dilation: the reference loops */
+    const int32_t zp = st->input_zp;
+    const int32_t taps_row = g->kw * cin;
+    for (int32_t ox = 0; ox < p->mid_w; ++ox) {
+        const size_t px0 = (size_t)ox * (size_t)g->sw * (size_t)cin;
+        for (int32_t co = 0; co < p->mid_c; ++co) {
+            const int8_t *w = st->weights + (size_t)co * (size_t)g->kh * (size_t)taps_row;
+            int32_t acc = 0;
+            for (int32_t ky = 0; ky < g->kh; ++ky) {
+                const int8_t *row = rows + (size_t)ky * row_stride + px0;
+                for (int32_t kx = 0; kx < g->kw; ++kx) {
+                    const int8_t *px = row + (size_t)kx * (size_t)g->dw * (size_t)cin;
+                    for (int32_t ci = 0; ci < cin; ++ci) {
+                        acc += (int32_t)w[ci] * ((int32_t)px[ci] - zp);
+                    }
+                    w += cin;
+                }
+            }
+            int32_t bias = run->lead_bias != NULL ? run->lead_bias[co] : 0;
+            dst[(size_t)ox * (size_t)p->mid_c + (size_t)co] =
+                requantize(acc, bias, st->multiplier[co], st->shift[co], st->output_zp, st->act_min, st->act_max);
+        }
+    }
+}
+
+#define TT_DSP_DW_MAX_KH 16
+
+/* Depthwise output row oy (out_w x mid_c) from the ring into dst.
+ * Four channels at a time: one 4-byte load of input and of weights per tap, SXTB16 into
+ * (ch, ch + 2) and (ch + 1, ch + 3) int16 pairs, SMLABB / SMLATT into four accumulators
+ * started at bias + off * (the channel's weight sum). Remaining channels: one at a time. */
+static void depthwise_row(const fb_run *run, const int8_t *ring, int32_t oy, int8_t *dst) {
+    const tt_fused_block_params *p = run->p;
+    const tt_fb_window *g = &p->dw_win;
+    const tt_fb_stage *st = &p->dw;
+    if (run->dw_mode != TT_PATCH_NONE) {
+        depthwise_row_ref(run, ring, oy, dst); /* patched weights: the reference loops */
+        return;
+    }
+    const int32_t c = p->mid_c;
+    const int32_t n_ring = ring_rows(g);
+    const size_t slot_bytes = (size_t)padded_w(&p->dw_pad, p->mid_w) * (size_t)c;
+    const int32_t base = (oy * g->sh) % n_ring;
+    const uint32_t off = (uint32_t)(-st->input_zp);
+    const int32_t zp = st->output_zp;
+    const int32_t lo_z = st->act_min - zp, hi_z = st->act_max - zp;
+    const int32_t kh = g->kh, kw = g->kw;
+    const size_t x_step = (size_t)g->sw * (size_t)c; /* next output pixel */
+    const size_t tap_step = (size_t)g->dw * (size_t)c; /* next kx */
+    const int8_t *rowp[TT_DSP_DW_MAX_KH];
+    const int fast = kh <= TT_DSP_DW_MAX_KH;
+    for (int32_t ky = 0; fast && ky < kh; ++ky) {
+        int32_t slot = base + ky * g->dh;
+        slot %= n_ring;
+        rowp[ky] = ring + (size_t)slot * slot_bytes;
+    }
+    int32_t ch0 = 0;
+    if (fast) {
+        for (; ch0 + 4 <= c; ch0 += 4) {
+            uint32_t b[4];
+            for (int32_t j = 0; j < 4; ++j) {
+                uint32_t s = 0;
+                for (int32_t t = 0; t < kh * kw; ++t) {
+                    s += (uint32_t)(int32_t)st->weights[(size_t)t * (size_t)c + (size_t)(ch0 + j)];
+                }
+                b[j] = (run->dw_bias != NULL ? (uint32_t)run->dw_bias[ch0 + j] : 0u) + off * s;
+            }
+            const int32_t *q = st->multiplier + ch0;
+            const int32_t *sh = st->shift + ch0;
+            for (int32_t ox = 0; ox < p->out_w; ++ox) {
+                uint32_t a0 = b[0], a1 = b[1], a2 = b[2], a3 = b[3];
+                const int8_t *w = st->weights + ch0;
+                for (int32_t ky = 0; ky < kh; ++ky) {
+                    const int8_t *px = rowp[ky] + (size_t)ox * x_step + (size_t)ch0;
+                    for (int32_t kx = 0; kx < kw; ++kx) {
+                        const uint32_t xv = tt_ld32(px);
+                        const uint32_t wv = tt_ld32(w);
+                        const uint32_t xe = tt_sxtb16(xv), xo = tt_sxtb16_ror8(xv);
+                        const uint32_t we = tt_sxtb16(wv), wo = tt_sxtb16_ror8(wv);
+                        a0 = tt_smlabb(xe, we, a0);
+                        a1 = tt_smlabb(xo, wo, a1);
+                        a2 = tt_smlatt(xe, we, a2);
+                        a3 = tt_smlatt(xo, wo, a3);
+                        px += tap_step;
+                        w += c;
+                    }
+                }
+                int8_t *y = dst + (size_t)ox * (size_t)c + (size_t)ch0;
+                y[0] = tt_dsp_requant_s8(a0, q[0], (int)sh[0], zp, lo_z, hi_z);
+                y[1] = tt_dsp_requant_s8(a1, q[1], (int)sh[1], zp, lo_z, hi_z);
+                y[2] = tt_dsp_requant_s8(a2, q[2], (int)sh[2], zp, lo_z, hi_z);
+                y[3] = tt_dsp_requant_s8(a3, q[3], (int)sh[3], zp, lo_z, hi_z);
+            }
+        }
+    }
+    /* the remaining channels (and windows taller than TT_DSP_DW_MAX_KH): the reference loops */
+    const int32_t izp = st->input_zp;
+    for (int32_t ox = 0; ox < p->out_w; ++ox) {
+        const size_t px0 = (size_t)ox * x_step;
+        for (int32_t ch = ch0; ch < c; ++ch) {
+            int32_t acc = 0;
+            const int8_t *w = st->weights + ch;
+            for (int32_t ky = 0; ky < kh; ++ky) {
+                int32_t slot = base + ky * g->dh;
+                slot %= n_ring;
+                const int8_t *px = ring + (size_t)slot * slot_bytes + px0 + (size_t)ch;
+                for (int32_t kx = 0; kx < kw; ++kx) {
+                    acc += (int32_t)*w * ((int32_t)*px - izp);
+                    w += c;
+                    px += tap_step;
+                }
+            }
+            int32_t bias = run->dw_bias != NULL ? run->dw_bias[ch] : 0;
+            dst[(size_t)ox * (size_t)c + (size_t)ch] =
+                requantize(acc, bias, st->multiplier[ch], st->shift[ch], zp, st->act_min, st->act_max);
+        }
+    }
+}
+
+/* 1x1 projection of a depthwise row (out_w x mid_c) into dst (out_w x out_c). */
+static void project_row(const fb_run *run, const int8_t *dw_row, int8_t *dst) {
+    const tt_fused_block_params *p = run->p;
+    if (run->proj_mode != TT_PATCH_NONE) {
+        project_row_ref(run, dw_row, dst); /* patched weights: the reference loops */
+        return;
+    }
+    const tt_dsp_gemm gm = stage_gemm(&p->proj, p->out_w, p->mid_c, p->out_c);
+    tt_dsp_gemm_s8(&gm, dw_row, (size_t)p->mid_c, p->proj.weights, run->proj_bias, dst, (size_t)p->out_c);
+}
+
+/* TFLite Micro's int8 ADD of n values: out = ADD(x, proj). out may alias x. */
+static void add_row(const tt_fb_add *a, const int8_t *x, const int8_t *proj, int8_t *out, int32_t n) {
+    const int32_t scale = (int32_t)1 << a->left_shift;
+    for (int32_t i = 0; i < n; ++i) {
+        int32_t xs = tt_mbqm(((int32_t)x[i] - a->x_zp) * scale, a->x_multiplier, (int)a->x_shift);
+        int32_t ps = tt_mbqm(((int32_t)proj[i] - a->p_zp) * scale, a->p_multiplier, (int)a->p_shift);
+        int64_t v = (int64_t)tt_mbqm(tt_wrap_add32(xs, ps), a->out_multiplier, (int)a->out_shift) + a->out_zp;
+        out[i] = (int8_t)tt_clamp64(v, a->act_min, a->act_max);
+    }
+}
+
+static size_t mask_bytes(int32_t h, int32_t w, int32_t c) { return ((size_t)h * (size_t)w * (size_t)c + 7u) / 8u; }
+
+/* ------------------------------------------------------------------ the block */
+
+static tt_status run_block(const tt_fused_block_params *p, const int8_t *input, tt_fb_row_source source,
+                           void *source_ctx, const int32_t *lead_bias, const int32_t *dw_bias,
+                           const int32_t *proj_bias, int8_t *output, uint8_t *lead_mask, uint8_t *dw_mask,
+                           uint8_t *proj_mask, void *scratch) {
+    tt_status st = check_params(p);
+    if (st != TT_OK) {
+        return st;
+    }
+    if (output == NULL || scratch == NULL || (input == NULL && source == NULL) ||
+        (lead_mask != NULL && !p->has_lead)) {
+        return TT_ERR_ARG;
+    }
+    fb_run run;
+    run.p = p;
+    run.input = input;
+    run.source = source;
+    run.source_ctx = source_ctx;
+    run.lead_bias = lead_bias;
+    run.dw_bias = dw_bias;
+    run.proj_bias = proj_bias;
+    run.direct = p->has_lead && lead_is_direct(p);
+    run.lead_mode = TT_PATCH_NONE;
+    if (p->has_lead) {
+        (void)tt_patch_check(p->lead.patch, p->in_c, &run.lead_mode); /* validated by check_params */
+    }
+    (void)tt_patch_check(p->dw.patch, p->mid_c, &run.dw_mode);
+    (void)tt_patch_check(p->proj.patch, p->mid_c, &run.proj_mode);
+    if (source != NULL && (p->has_add || run.direct)) {
+        return TT_ERR_ARG; /* the input rows would be needed outside the scratch */
+    }
+    const fb_scratch parts = scratch_parts(p);
+    int8_t *const base = (int8_t *)scratch;
+    run.window = parts.lead_window ? base : NULL;
+    int8_t *const ring = base + parts.lead_window;
+    int8_t *const dw_row = ring + parts.ring;
+    int8_t *const proj_row = dw_row + parts.dw_row;
+
+    if (lead_mask != NULL) {
+        memset(lead_mask, 0, mask_bytes(p->mid_h, p->mid_w, p->mid_c));
+    }
+    if (dw_mask != NULL) {
+        memset(dw_mask, 0, mask_bytes(p->out_h, p->out_w, p->mid_c));
+    }
+    if (proj_mask != NULL) {
+        memset(proj_mask, 0, mask_bytes(p->out_h, p->out_w, p->out_c));
+    }
+
+    const tt_fb_window *g = &p->dw_win;
+    const int32_t n_ring = ring_rows(g);
+    const size_t slot_bytes = (size_t)padded_w(&p->dw_pad, p->mid_w) * (size_t)p->mid_c;
+    const size_t col0 = (size_t)pad_before_w(&p->dw_pad) * (size_t)p->mid_c;
+    const size_t mid_row = (size_t)p->mid_w * (size_t)p->mid_c;
+    const size_t dw_row_n = (size_t)p->out_w * (size_t)p->mid_c;
+    const size_t out_row = (size_t)p->out_w * (size_t)p->out_c;
+    int32_t next_row = 0;
+    for (int32_t oy = 0; oy < p->out_h; ++oy) {
+        const int32_t top = oy * g->sh;
+        for (int32_t r = next_row > top ? next_row : top; r < top + n_ring; ++r) {
+            int8_t *slot = ring + (size_t)(r % n_ring) * slot_bytes;
+            int32_t s = padded_source(&p->dw_pad, p->mid_h, r);
+            if (s < 0) {
+                fill_padding(&p->dw_pad, p->mid_w, p->mid_c, -1 - s, slot);
+                continue;
+            }
+            fill_padding(&p->dw_pad, p->mid_w, p->mid_c, -1, slot);
+            if (p->has_lead) {
+                lead_row(&run, s, slot + col0);
+                emit_mask(lead_mask, (size_t)s * mid_row, slot + col0, (int32_t)mid_row, p->lead.mask_lo,
+                          p->lead.mask_hi);
+            } else if (source != NULL) {
+                source(source_ctx, s, slot + col0);
+            } else {
+                memcpy(slot + col0, input + (size_t)s * mid_row, mid_row);
+            }
+        }
+        if (top + n_ring > next_row) {
+            next_row = top + n_ring;
+        }
+        depthwise_row(&run, ring, oy, dw_row);
+        emit_mask(dw_mask, (size_t)oy * dw_row_n, dw_row, (int32_t)dw_row_n, p->dw.mask_lo, p->dw.mask_hi);
+        int8_t *out = output + (size_t)oy * out_row;
+        int8_t *proj = p->has_add ? proj_row : out;
+        project_row(&run, dw_row, proj);
+        emit_mask(proj_mask, (size_t)oy * out_row, proj, (int32_t)out_row, p->proj.mask_lo, p->proj.mask_hi);
+        if (p->has_add) {
+            add_row(&p->add, input + (size_t)oy * out_row, proj, out, (int32_t)out_row);
+        }
+    }
+    return TT_OK;
+}
+
+tt_status tt_fused_block_s8(const tt_fused_block_params *p, const int8_t *input, const int32_t *lead_bias,
+                            const int32_t *dw_bias, const int32_t *proj_bias, int8_t *output, uint8_t *lead_mask,
+                            uint8_t *dw_mask, uint8_t *proj_mask, void *scratch) {
+    if (input == NULL) {
+        return TT_ERR_ARG;
+    }
+    return run_block(p, input, NULL, NULL, lead_bias, dw_bias, proj_bias, output, lead_mask, dw_mask, proj_mask,
+                     scratch);
+}
+
+tt_status tt_fused_block_stream_s8(const tt_fused_block_params *p, tt_fb_row_source source, void *source_ctx,
+                                   const int32_t *lead_bias, const int32_t *dw_bias, const int32_t *proj_bias,
+                                   int8_t *output, uint8_t *lead_mask, uint8_t *dw_mask, uint8_t *proj_mask,
+                                   void *scratch) {
+    if (source == NULL) {
+        return TT_ERR_ARG;
+    }
+    return run_block(p, NULL, source, source_ctx, lead_bias, dw_bias, proj_bias, output, lead_mask, dw_mask,
+                     proj_mask, scratch);
+}

@@ -1,0 +1,301 @@
+/*
+ * tinytrain runtime, optimized backend: the few Cortex-M DSP-extension (ARMv7E-M)
+ * instructions the dsp kernels use, each with a portable C fallback of exactly the same
+ * result, so the dsp sources build and are tested on the host too.
+ *
+ * With __ARM_FEATURE_DSP (Cortex-M4/M7, -mcpu=cortex-m4/m7) they map to the ACLE
+ * intrinsics of <arm_acle.h>; elsewhere to plain C. Every operation here is modular
+ * (results are the low 32 bits of the exact value): SMLAD / SMLABB / SMLATT set the Q
+ * flag on signed overflow but still return the wrapped sum, which is what the fallbacks
+ * compute in uint32 arithmetic. Signed 16-bit halves are carried in uint32_t words.
+ *
+ * Below the intrinsics: int8 dot-product blocks and the row x channel GEMM shared by
+ * dsp/tt_fc_dsp.c and dsp/tt_fused_block_dsp.c.
+ *
+ * Arithmetic. The reference kernels accumulate sum_i w[i] * (x[i] + off) modulo 2^32
+ * (off = -input_zp). Here the same sum is split as
+ *     sum_i w[i] * x[i]  +  off * sum_i w[i]          (all modulo 2^32)
+ * The raw int8 x int8 products go through SXTB16 (bytes 0/2 and 1/3 as int16 pairs) and
+ * SMLAD (two products per instruction); the weight sum of each output channel is
+ * computed once per call (per row for the fused block) and folded, with the bias, into
+ * the accumulator's start value. Every sum is taken modulo 2^32 (SMLAD wraps; the C
+ * fallbacks use uint32), so any summation order gives the reference's bytes: where the
+ * reference relies on "no overflow" (|w * (x - zp)| <= 32640 per tap, <= 65793 taps),
+ * its int32 sum equals the true sum and so does ours modulo 2^32, and where the reference
+ * wraps (tt_fc_s8 sums in uint32), both wrap identically.
+ *
+ * Loads: tt_ld32 reads 4 bytes from any address (memcpy; an unaligned LDR on ARMv7-M,
+ * which GCC emits for -mcpu=cortex-m4/m7 with its default -munaligned-access).
+ */
+#ifndef TT_DSP_H
+#define TT_DSP_H
+
+#include <string.h>
+
+#include "tt_common.h"
+#include "tt_conv.h"
+#include "tt_fixedpoint.h"
+
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include <arm_acle.h>
+#define TT_DSP_NATIVE 1
+#else
+#define TT_DSP_NATIVE 0
+#endif
+
+/* 4 bytes at p, little-endian (byte p[0] in bits 0..7), any alignment. */
+static inline uint32_t tt_ld32(const int8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* Rotate right by 8 bits (GCC folds it into the operand of SXTB16 on ARM). */
+static inline uint32_t tt_ror8(uint32_t x) { return (x >> 8) | (x << 24); }
+
+#if TT_DSP_NATIVE
+
+/* SXTB16: bytes 0 and 2 of x sign-extended to the low and high int16 halves. */
+static inline uint32_t tt_sxtb16(uint32_t x) { return (uint32_t)__sxtb16((int32_t)x); }
+
+/* SMLAD: acc + lo(x) * lo(y) + hi(x) * hi(y), int16 halves, modulo 2^32. */
+static inline uint32_t tt_smlad(uint32_t x, uint32_t y, uint32_t acc) {
+    return (uint32_t)__smlad((int16x2_t)x, (int16x2_t)y, (int32_t)acc);
+}
+
+/* SMLABB: acc + lo(x) * lo(y), modulo 2^32. */
+static inline uint32_t tt_smlabb(uint32_t x, uint32_t y, uint32_t acc) {
+    return (uint32_t)__smlabb((int32_t)x, (int32_t)y, (int32_t)acc);
+}
+
+/* SMLATT: acc + hi(x) * hi(y), modulo 2^32. */
+static inline uint32_t tt_smlatt(uint32_t x, uint32_t y, uint32_t acc) {
+    return (uint32_t)__smlatt((int32_t)x, (int32_t)y, (int32_t)acc);
+}
+
+#else /* portable fallbacks, bit-identical */
+
+static inline int32_t tt_dsp_lo16(uint32_t x) { return (int32_t)(int16_t)(uint16_t)(x & 0xFFFFu); }
+static inline int32_t tt_dsp_hi16(uint32_t x) { return (int32_t)(int16_t)(uint16_t)(x >> 16); }
+
+static inline uint32_t tt_sxtb16(uint32_t x) {
+    uint32_t lo = (uint32_t)(int32_t)(int8_t)(uint8_t)(x & 0xFFu) & 0xFFFFu;
+    uint32_t hi = (uint32_t)(int32_t)(int8_t)(uint8_t)((x >> 16) & 0xFFu) & 0xFFFFu;
+    return lo | (hi << 16);
+}
+
+/* |int16 * int16| <= 2^30: each product fits int32; the sums wrap in uint32. */
+static inline uint32_t tt_smlad(uint32_t x, uint32_t y, uint32_t acc) {
+    return acc + (uint32_t)(tt_dsp_lo16(x) * tt_dsp_lo16(y)) + (uint32_t)(tt_dsp_hi16(x) * tt_dsp_hi16(y));
+}
+
+static inline uint32_t tt_smlabb(uint32_t x, uint32_t y, uint32_t acc) {
+    return acc + (uint32_t)(tt_dsp_lo16(x) * tt_dsp_lo16(y));
+}
+
+static inline uint32_t tt_smlatt(uint32_t x, uint32_t y, uint32_t acc) {
+    return acc + (uint32_t)(tt_dsp_hi16(x) * tt_dsp_hi16(y));
+}
+
+#endif
+
+/* SXTB16 of x rotated right by 8: bytes 1 and 3 sign-extended (one instruction on the
+ * DSP extension: GCC 12 does not fold the rotation into the intrinsic's operand). */
+#if TT_DSP_NATIVE
+static inline uint32_t tt_sxtb16_ror8(uint32_t x) {
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
+#else
+static inline uint32_t tt_sxtb16_ror8(uint32_t x) { return tt_sxtb16(tt_ror8(x)); }
+#endif
+
+/* ------------------------------------------------------------ requantization */
+
+/*
+ * tt_requant_s8 (include/tt_conv.h) with a cheaper, exact high multiply: gemmlowp's
+ * SaturatingRoundingDoublingHighMul, trunc((a * b + nudge) / 2^31) with nudge = 2^30 for
+ * a * b >= 0 and 1 - 2^30 otherwise, equals floor((a * b + 2^30) / 2^31) in both cases
+ * (for a * b < 0 the truncated quotient of the negative total is its ceiling, and
+ * ceil((p + 1 - 2^30) / 2^31) = floor((p + 2^30) / 2^31)); the only saturating case
+ * (a = b = INT32_MIN) is kept. The rounding right shift is tt_rdbpot32's, written
+ * with unsigned shifts (no branches on ARM).
+ */
+static inline int8_t tt_dsp_requant_s8(uint32_t acc, int32_t q, int shift, int32_t zp, int32_t lo_z, int32_t hi_z) {
+    const int left = shift > 0 ? shift : 0;
+    const int right = shift > 0 ? 0 : -shift;
+    const int32_t x = tt_wrap32((int64_t)(acc << left));
+    int32_t hm;
+    if (x == TT_INT32_MIN && q == TT_INT32_MIN) {
+        hm = TT_INT32_MAX;
+    } else {
+        /* bits 31..62 of x * q + 2^30 (that value fits int32): floor division by 2^31 */
+        const uint64_t p = (uint64_t)((int64_t)x * (int64_t)q) + ((uint64_t)1 << 30);
+        hm = tt_wrap32((int64_t)(uint32_t)(p >> 31));
+    }
+    /* tt_rdbpot32(hm, right) without a signed shift: floor(hm / 2^right) through the
+     * offset-binary value hm + 2^31, plus one when the remainder is above the threshold */
+    const uint32_t mask = (1u << right) - 1u;
+    const uint32_t rem = (uint32_t)hm & mask;
+    const uint32_t thr = (mask >> 1) + (hm < 0 ? 1u : 0u);
+    const uint32_t fl = ((((uint32_t)hm ^ 0x80000000u) >> right) - (0x80000000u >> right)) + (rem > thr ? 1u : 0u);
+    const int32_t v = tt_wrap32((int64_t)fl);
+    return (int8_t)(tt_clamp32(v, lo_z, hi_z) + zp);
+}
+
+/* ------------------------------------------------------------ int8 dot blocks */
+
+/* acc[0..3] += raw dot products x0.w0, x0.w1, x1.w0, x1.w1 over len bytes (modulo 2^32). */
+static inline void tt_dsp_dot_2x2(const int8_t *x0, const int8_t *x1, const int8_t *w0, const int8_t *w1, int32_t len,
+                                  uint32_t acc[4]) {
+    uint32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+    int32_t i = 0;
+    for (; i + 4 <= len; i += 4) {
+        const uint32_t xa = tt_ld32(x0 + i);
+        const uint32_t xb = tt_ld32(x1 + i);
+        const uint32_t wa = tt_ld32(w0 + i);
+        const uint32_t wb = tt_ld32(w1 + i);
+        const uint32_t xa_e = tt_sxtb16(xa), xa_o = tt_sxtb16_ror8(xa);
+        const uint32_t xb_e = tt_sxtb16(xb), xb_o = tt_sxtb16_ror8(xb);
+        const uint32_t wa_e = tt_sxtb16(wa), wa_o = tt_sxtb16_ror8(wa);
+        const uint32_t wb_e = tt_sxtb16(wb), wb_o = tt_sxtb16_ror8(wb);
+        a00 = tt_smlad(xa_e, wa_e, a00);
+        a00 = tt_smlad(xa_o, wa_o, a00);
+        a01 = tt_smlad(xa_e, wb_e, a01);
+        a01 = tt_smlad(xa_o, wb_o, a01);
+        a10 = tt_smlad(xb_e, wa_e, a10);
+        a10 = tt_smlad(xb_o, wa_o, a10);
+        a11 = tt_smlad(xb_e, wb_e, a11);
+        a11 = tt_smlad(xb_o, wb_o, a11);
+    }
+    for (; i < len; ++i) {
+        const int32_t xa = x0[i], xb = x1[i], wa = w0[i], wb = w1[i];
+        a00 += (uint32_t)(xa * wa);
+        a01 += (uint32_t)(xa * wb);
+        a10 += (uint32_t)(xb * wa);
+        a11 += (uint32_t)(xb * wb);
+    }
+    acc[0] = a00;
+    acc[1] = a01;
+    acc[2] = a10;
+    acc[3] = a11;
+}
+
+/* acc[0..1] += raw dot products x.w0, x.w1 over len bytes. */
+static inline void tt_dsp_dot_1x2(const int8_t *x, const int8_t *w0, const int8_t *w1, int32_t len, uint32_t acc[2]) {
+    uint32_t a0 = acc[0], a1 = acc[1];
+    int32_t i = 0;
+    for (; i + 4 <= len; i += 4) {
+        const uint32_t xv = tt_ld32(x + i);
+        const uint32_t wa = tt_ld32(w0 + i);
+        const uint32_t wb = tt_ld32(w1 + i);
+        const uint32_t x_e = tt_sxtb16(xv), x_o = tt_sxtb16_ror8(xv);
+        a0 = tt_smlad(x_e, tt_sxtb16(wa), a0);
+        a0 = tt_smlad(x_o, tt_sxtb16_ror8(wa), a0);
+        a1 = tt_smlad(x_e, tt_sxtb16(wb), a1);
+        a1 = tt_smlad(x_o, tt_sxtb16_ror8(wb), a1);
+    }
+    for (; i < len; ++i) {
+        const int32_t xv = x[i];
+        a0 += (uint32_t)(xv * (int32_t)w0[i]);
+        a1 += (uint32_t)(xv * (int32_t)w1[i]);
+    }
+    acc[0] = a0;
+    acc[1] = a1;
+}
+
+/* Raw dot product x.w over len bytes. */
+static inline uint32_t tt_dsp_dot_1x1(const int8_t *x, const int8_t *w, int32_t len) {
+    uint32_t a = 0;
+    int32_t i = 0;
+    for (; i + 4 <= len; i += 4) {
+        const uint32_t xv = tt_ld32(x + i);
+        const uint32_t wv = tt_ld32(w + i);
+        a = tt_smlad(tt_sxtb16(xv), tt_sxtb16(wv), a);
+        a = tt_smlad(tt_sxtb16_ror8(xv), tt_sxtb16_ror8(wv), a);
+    }
+    for (; i < len; ++i) {
+        a += (uint32_t)((int32_t)x[i] * (int32_t)w[i]);
+    }
+    return a;
+}
+
+/* sum_i v[i] (int8) modulo 2^32. */
+static inline uint32_t tt_dsp_sum_s8(const int8_t *v, int32_t len) {
+    const uint32_t ones = 0x00010001u;
+    uint32_t a = 0;
+    int32_t i = 0;
+    for (; i + 4 <= len; i += 4) {
+        const uint32_t vv = tt_ld32(v + i);
+        a = tt_smlad(tt_sxtb16(vv), ones, a);
+        a = tt_smlad(tt_sxtb16_ror8(vv), ones, a);
+    }
+    for (; i < len; ++i) {
+        a += (uint32_t)(int32_t)v[i];
+    }
+    return a;
+}
+
+/*
+ * The plain GEMM of a 1x1 convolution without patch or weight zero point:
+ *   y[r * y_stride + o] = tt_dsp_requant_s8(sum_i w[o][i] * (x[r * x_stride + i] + off) + bias[o], ...)
+ * for r < rows, o < cols; w is [cols][k] contiguous. Loop order: output-channel pairs
+ * outside (their weight sums computed once), row pairs inside.
+ */
+typedef struct {
+    int32_t rows, k, cols;
+    int32_t off;              /* -input_zp */
+    const int32_t *mult;      /* [cols] */
+    const int32_t *shift;     /* [cols] */
+    int32_t zp, lo_z, hi_z;   /* output zp, act_min - zp, act_max - zp */
+} tt_dsp_gemm;
+
+static inline uint32_t tt_dsp_channel_base(const tt_dsp_gemm *g, const int8_t *w, const int32_t *bias, int32_t o) {
+    const uint32_t b = bias != NULL ? (uint32_t)bias[o] : 0u;
+    return b + (uint32_t)g->off * tt_dsp_sum_s8(w, g->k);
+}
+
+static inline void tt_dsp_gemm_s8(const tt_dsp_gemm *g, const int8_t *x, size_t x_stride, const int8_t *w,
+                                  const int32_t *bias, int8_t *y, size_t y_stride) {
+    const int32_t k = g->k;
+    int32_t o = 0;
+    for (; o + 2 <= g->cols; o += 2) {
+        const int8_t *w0 = w + (size_t)o * (size_t)k;
+        const int8_t *w1 = w0 + k;
+        const uint32_t b0 = tt_dsp_channel_base(g, w0, bias, o);
+        const uint32_t b1 = tt_dsp_channel_base(g, w1, bias, o + 1);
+        const int32_t q0 = g->mult[o], q1 = g->mult[o + 1];
+        const int s0 = (int)g->shift[o], s1 = (int)g->shift[o + 1];
+        int32_t r = 0;
+        for (; r + 2 <= g->rows; r += 2) {
+            const int8_t *x0 = x + (size_t)r * x_stride;
+            uint32_t acc[4] = {b0, b1, b0, b1};
+            tt_dsp_dot_2x2(x0, x0 + x_stride, w0, w1, k, acc);
+            int8_t *y0 = y + (size_t)r * y_stride + o;
+            int8_t *y1 = y0 + y_stride;
+            y0[0] = tt_dsp_requant_s8(acc[0], q0, s0, g->zp, g->lo_z, g->hi_z);
+            y0[1] = tt_dsp_requant_s8(acc[1], q1, s1, g->zp, g->lo_z, g->hi_z);
+            y1[0] = tt_dsp_requant_s8(acc[2], q0, s0, g->zp, g->lo_z, g->hi_z);
+            y1[1] = tt_dsp_requant_s8(acc[3], q1, s1, g->zp, g->lo_z, g->hi_z);
+        }
+        if (r < g->rows) {
+            uint32_t acc[2] = {b0, b1};
+            tt_dsp_dot_1x2(x + (size_t)r * x_stride, w0, w1, k, acc);
+            int8_t *y0 = y + (size_t)r * y_stride + o;
+            y0[0] = tt_dsp_requant_s8(acc[0], q0, s0, g->zp, g->lo_z, g->hi_z);
+            y0[1] = tt_dsp_requant_s8(acc[1], q1, s1, g->zp, g->lo_z, g->hi_z);
+        }
+    }
+    if (o < g->cols) {
+        const int8_t *w0 = w + (size_t)o * (size_t)k;
+        const uint32_t b0 = tt_dsp_channel_base(g, w0, bias, o);
+        for (int32_t r = 0; r < g->rows; ++r) {
+            const uint32_t acc = b0 + tt_dsp_dot_1x1(x + (size_t)r * x_stride, w0, k);
+            y[(size_t)r * y_stride + (size_t)o] = tt_dsp_requant_s8(acc, g->mult[o], (int)g->shift[o], g->zp, g->lo_z,
+                                                                g->hi_z);
+        }
+    }
+}
+
+#endif /* TT_DSP_H */
