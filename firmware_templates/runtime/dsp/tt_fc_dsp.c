@@ -13,6 +13,7 @@
 #include "tt_fc.h"
 
 #include "tt_dsp.h"
+#include "tt_internal.h"
 
 typedef struct {
     const int8_t *in;
@@ -155,22 +156,8 @@ static void fc_general(const tt_fc_params *p, const fc_ctx *c, int8_t *out) {
 /* C twin of tinytrain.sim.kernels.core_matmul.run_fully_connected (int8 path), optimized. */
 tt_status tt_fc_s8(const tt_fc_params *p, const int8_t *in, const int8_t *w, const int32_t *bias,
                    const tt_weight_patch *patch, int8_t *out) {
-    if (p == NULL || in == NULL || w == NULL || out == NULL) {
-        return TT_ERR_ARG;
-    }
-    if (p->rows < 0 || p->in_c <= 0 || p->out_c <= 0 || !tt_count_ok(p->rows, p->in_c, 1, 1) ||
-        !tt_count_ok(p->rows, p->out_c, 1, 1) || !tt_count_ok(p->out_c, p->in_c, 1, 1)) {
-        return TT_ERR_SHAPE;
-    }
-    tt_status st = tt_check_requant(p->in_zp, p->out_zp, p->act_min, p->act_max, p->mult, p->shift, p->out_c);
-    if (st != TT_OK) {
-        return st;
-    }
-    if (p->w_zp < TT_INT8_MIN || p->w_zp > TT_INT8_MAX) {
-        return TT_ERR_ARG;
-    }
     int mode;
-    st = tt_patch_check(patch, p->in_c, &mode);
+    const tt_status st = tt_fc_check(p, in, w, out, patch, &mode);
     if (st != TT_OK) {
         return st;
     }

@@ -35,6 +35,7 @@
 #include "tt_common.h"
 #include "tt_conv.h"
 #include "tt_fixedpoint.h"
+#include "tt_internal.h"
 
 #if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
 #include <arm_acle.h>
@@ -169,17 +170,11 @@ static inline void tt_dsp_dot_2x2(const int8_t *x0, const int8_t *x1, const int8
         a11 = tt_smlad(xb_e, wb_e, a11);
         a11 = tt_smlad(xb_o, wb_o, a11);
     }
-    for (; i < len; ++i) {
-        const int32_t xa = x0[i], xb = x1[i], wa = w0[i], wb = w1[i];
-        a00 += (uint32_t)(xa * wa);
-        a01 += (uint32_t)(xa * wb);
-        a10 += (uint32_t)(xb * wa);
-        a11 += (uint32_t)(xb * wb);
-    }
     acc[0] = a00;
     acc[1] = a01;
     acc[2] = a10;
     acc[3] = a11;
+    tt_dot_2x2(x0 + i, x1 + i, 0, w0 + i, w1 + i, len - i, acc); /* the last len % 4 bytes */
 }
 
 /* acc[0..1] += raw dot products x.w0, x.w1 over len bytes. */

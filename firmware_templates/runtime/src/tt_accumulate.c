@@ -2,24 +2,10 @@
 #include "tt_accumulate.h"
 
 #include "tt_fixedpoint.h"
+#include "tt_internal.h"
 
 #define MAX_RDBP 62
 #define Q15_SHIFT 15
-
-static int bitlen64(uint64_t x) {
-    int n = 0;
-    if ((x >> 32) != 0u) { x >>= 32; n += 32; }
-    if ((x >> 16) != 0u) { x >>= 16; n += 16; }
-    if ((x >> 8) != 0u) { x >>= 8; n += 8; }
-    if ((x >> 4) != 0u) { x >>= 4; n += 4; }
-    if ((x >> 2) != 0u) { x >>= 2; n += 2; }
-    if ((x >> 1) != 0u) { x >>= 1; n += 1; }
-    return n + (int)x;
-}
-
-static uint64_t abs64(int64_t v) {
-    return v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-}
 
 int32_t tt_acc_mantissa_bytes(int32_t bits) {
     if (bits < 2 || bits > TT_ACC_BITS) {
@@ -54,27 +40,6 @@ static void m_set(int32_t bytes, void *m, int64_t i, int64_t v) {
     }
 }
 
-/* Gradient element t of a row source (the twin of tt_update.c's, kept local). */
-static int64_t src_at(const tt_grad_row *g, int32_t t) {
-    int64_t i = (int64_t)t * (int64_t)g->stride;
-    int64_t v;
-    switch (g->elem_bytes) {
-    case 1:
-        v = ((const int8_t *)g->data)[i];
-        break;
-    case 2:
-        v = ((const int16_t *)g->data)[i];
-        break;
-    case 4:
-        v = ((const int32_t *)g->data)[i];
-        break;
-    default:
-        v = ((const int64_t *)g->data)[i];
-        break;
-    }
-    return v * (int64_t)g->scale;
-}
-
 /* One element of norm(): a · 2^-r (exact) for r < 0, RoundingDivideByPOT(a, r) for r >= 0. */
 static int64_t norm_value(int64_t a, int r) {
     return r < 0 ? a * ((int64_t)1 << -r) : tt_rdbpot64(a, r);
@@ -102,13 +67,13 @@ static void add_row(const tt_acc_params *p, const tt_acc_state *s, int32_t row, 
     const int32_t bytes = tt_acc_mantissa_bytes(p->bits);
     uint64_t top = 0;
     for (int32_t t = 0; t < n; ++t) {
-        uint64_t a = abs64(src_at(g, t));
+        uint64_t a = tt_abs_u64(tt_grad_row_at(g, t));
         top = a > top ? a : top;
     }
     if (top == 0u) {
         return; /* an all-zero gradient row leaves the state row unchanged */
     }
-    const int r_g = bitlen64(top) - bits;
+    const int r_g = tt_bitlen_u64(top) - bits;
     const int64_t e_new_g = e_g + r_g;
     int zero_state = 1;
     for (int32_t t = 0; t < n && zero_state; ++t) {
@@ -116,7 +81,7 @@ static void add_row(const tt_acc_params *p, const tt_acc_state *s, int32_t row, 
     }
     if (zero_state) { /* the state row is replaced by the normalized gradient row */
         for (int32_t t = 0; t < n; ++t) {
-            m_set(bytes, s->m, elem_index(p, row, t), norm_value(src_at(g, t), r_g));
+            m_set(bytes, s->m, elem_index(p, row, t), norm_value(tt_grad_row_at(g, t), r_g));
         }
         s->e[row] = tt_wrap32(e_new_g);
         return;
@@ -128,11 +93,11 @@ static void add_row(const tt_acc_params *p, const tt_acc_state *s, int32_t row, 
     /* Two passes over the row: the max of the aligned sums, then the normalized sums. */
     uint64_t top_sum = 0;
     for (int pass = 0; pass < 2; ++pass) {
-        const int r = top_sum == 0u ? 0 : bitlen64(top_sum) - bits;
+        const int r = top_sum == 0u ? 0 : tt_bitlen_u64(top_sum) - bits;
         for (int32_t t = 0; t < n; ++t) {
             const int64_t i = elem_index(p, row, t);
             const int64_t ms = m_get(bytes, s->m, i);
-            const int64_t mg = norm_value(src_at(g, t), r_g);
+            const int64_t mg = norm_value(tt_grad_row_at(g, t), r_g);
             const int64_t hi = state_hi ? ms : mg;
             const int64_t lo = state_hi ? mg : ms;
             int64_t t_lo;
@@ -143,7 +108,7 @@ static void add_row(const tt_acc_params *p, const tt_acc_state *s, int32_t row, 
             }
             const int64_t acc = hi * ((int64_t)1 << TT_ACC_GUARD_BITS) + t_lo;
             if (pass == 0) {
-                uint64_t a = abs64(acc);
+                uint64_t a = tt_abs_u64(acc);
                 top_sum = a > top_sum ? a : top_sum;
             } else {
                 m_set(bytes, s->m, i, norm_value(acc, r));
@@ -161,10 +126,10 @@ static void scale_row(const tt_acc_params *p, const tt_acc_state *v, int32_t row
     const int32_t bytes = tt_acc_mantissa_bytes(p->bits);
     uint64_t top = 0;
     for (int32_t t = 0; t < n; ++t) {
-        uint64_t a = abs64(m_get(bytes, v->m, elem_index(p, row, t)) * (int64_t)mu_q15);
+        uint64_t a = tt_abs_u64(m_get(bytes, v->m, elem_index(p, row, t)) * (int64_t)mu_q15);
         top = a > top ? a : top;
     }
-    const int r = top == 0u ? 0 : bitlen64(top) - (int)p->bits;
+    const int r = top == 0u ? 0 : tt_bitlen_u64(top) - (int)p->bits;
     for (int32_t t = 0; t < n; ++t) {
         const int64_t i = elem_index(p, row, t);
         m_set(bytes, v->m, i, norm_value(m_get(bytes, v->m, i) * (int64_t)mu_q15, r));
@@ -222,17 +187,23 @@ tt_status tt_acc_commit(const tt_acc_state *s) {
     return TT_OK;
 }
 
+/* Row r of an int64 gradient in the parameter layout, as a row source. */
+static tt_grad_row s64_row(const tt_acc_params *p, const int64_t *grad, int32_t r) {
+    tt_grad_row g;
+    g.data = grad + elem_index(p, r, 0);
+    g.elem_bytes = 8;
+    g.stride = p->row_major ? 1 : p->rows;
+    g.scale = 1;
+    return g;
+}
+
 /* Twin of tinytrain/train/kernels/accumulate.py:acc_add (one exponent for all rows). */
 tt_status tt_acc_add_s64(const tt_acc_params *p, const tt_acc_state *s, const int64_t *grad, int32_t e) {
     if (!valid_params(p) || !valid_state(p, s) || (grad == NULL && p->rows > 0 && p->row_len > 0)) {
         return TT_ERR_ARG;
     }
     for (int32_t r = 0; r < p->rows; ++r) {
-        tt_grad_row g;
-        g.data = grad + elem_index(p, r, 0);
-        g.elem_bytes = 8;
-        g.stride = p->row_major ? 1 : p->rows;
-        g.scale = 1;
+        const tt_grad_row g = s64_row(p, grad, r);
         add_row(p, s, r, &g, (int64_t)e);
     }
     return tt_acc_commit(s);
@@ -243,7 +214,7 @@ tt_status tt_acc_mean(int32_t batch, int32_t *mu, int32_t *e_sub) {
     if (mu == NULL || e_sub == NULL || batch < 1 || batch > TT_ACC_MAX_BATCH) {
         return TT_ERR_ARG;
     }
-    const int k = bitlen64((uint64_t)batch) - 1;
+    const int k = tt_bitlen_u64((uint64_t)batch) - 1;
     *mu = (int32_t)((((int64_t)1 << (TT_ACC_MEAN_FRAC_BITS + k)) + batch / 2) / batch);
     *e_sub = TT_ACC_MEAN_FRAC_BITS + k;
     return TT_OK;
@@ -269,11 +240,7 @@ tt_status tt_mom_step_s64(const tt_acc_params *p, const tt_acc_state *v, const i
         return TT_ERR_ARG;
     }
     for (int32_t r = 0; r < p->rows; ++r) {
-        tt_grad_row g;
-        g.data = grad + elem_index(p, r, 0);
-        g.elem_bytes = 8;
-        g.stride = p->row_major ? 1 : p->rows;
-        g.scale = 1;
+        const tt_grad_row g = s64_row(p, grad, r);
         scale_row(p, v, r, mu_q15);
         add_row(p, v, r, &g, (int64_t)e);
     }

@@ -15,6 +15,7 @@
 #include "tt_conv.h"
 
 #include "tt_fc.h"
+#include "tt_internal.h"
 
 /* Taps [*lo, *hi) of a window whose first tap reads input coordinate `origin` (stride d)
  * that fall inside [0, size). */
@@ -62,15 +63,19 @@ static tt_status check_window(const window_dims *d) {
     return TT_OK;
 }
 
+/* The window_dims of a tt_conv_params or tt_dw_params (the two name these fields alike). */
+#define WINDOW_OF(p)                                                                                    \
+    {(p)->in_h,    (p)->in_w,    (p)->in_c,     (p)->out_h,   (p)->out_w,   (p)->k_h,      (p)->k_w,          \
+     (p)->stride_h, (p)->stride_w, (p)->dil_h, (p)->dil_w, (p)->pad_top, (p)->pad_left, (p)->pad_bottom, \
+     (p)->pad_right}
+
 /* C twin of tinytrain.sim.kernels.core_conv.run_conv (int8 path). */
 tt_status tt_conv_s8(const tt_conv_params *p, const int8_t *in, const int8_t *w, const int32_t *bias,
                      const tt_weight_patch *patch, int8_t *out) {
     if (p == NULL || in == NULL || w == NULL || out == NULL) {
         return TT_ERR_ARG;
     }
-    const window_dims d = {p->in_h,     p->in_w,     p->in_c,     p->out_h,   p->out_w,   p->k_h,
-                           p->k_w,      p->stride_h, p->stride_w, p->dil_h,   p->dil_w,   p->pad_top,
-                           p->pad_left, p->pad_bottom, p->pad_right};
+    const window_dims d = WINDOW_OF(p);
     tt_status st = check_window(&d);
     if (st != TT_OK) {
         return st;
@@ -80,7 +85,7 @@ tt_status tt_conv_s8(const tt_conv_params *p, const int8_t *in, const int8_t *w,
         !tt_count_ok(p->out_c, p->k_h, p->k_w, p->filter_in_c)) {
         return TT_ERR_SHAPE;
     }
-    st = tt_check_requant(p->in_zp, p->out_zp, p->act_min, p->act_max, p->mult, p->shift, p->out_c);
+    st = TT_CHECK_REQUANT_OF(p);
     if (st != TT_OK) {
         return st;
     }
@@ -185,9 +190,7 @@ tt_status tt_depthwise_conv_s8(const tt_dw_params *p, const int8_t *in, const in
     if (p == NULL || in == NULL || w == NULL || out == NULL) {
         return TT_ERR_ARG;
     }
-    const window_dims d = {p->in_h,     p->in_w,     p->in_c,     p->out_h,   p->out_w,   p->k_h,
-                           p->k_w,      p->stride_h, p->stride_w, p->dil_h,   p->dil_w,   p->pad_top,
-                           p->pad_left, p->pad_bottom, p->pad_right};
+    const window_dims d = WINDOW_OF(p);
     tt_status st = check_window(&d);
     if (st != TT_OK) {
         return st;
@@ -196,7 +199,7 @@ tt_status tt_depthwise_conv_s8(const tt_dw_params *p, const int8_t *in, const in
         !tt_count_ok(p->out_h, p->out_w, p->out_c, 1) || !tt_count_ok(p->k_h, p->k_w, p->out_c, 1)) {
         return TT_ERR_SHAPE;
     }
-    st = tt_check_requant(p->in_zp, p->out_zp, p->act_min, p->act_max, p->mult, p->shift, p->out_c);
+    st = TT_CHECK_REQUANT_OF(p);
     if (st != TT_OK) {
         return st;
     }

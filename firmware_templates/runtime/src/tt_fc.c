@@ -8,46 +8,13 @@
  */
 #include "tt_fc.h"
 
-/* acc[0..3] += sum_i (x0|x1[i] + off) * (w0|w1[i]) for the 2x2 block (x0w0, x0w1, x1w0, x1w1). */
-static inline void dot_2x2(const int8_t *x0, const int8_t *x1, int32_t off, const int8_t *w0, const int8_t *w1,
-                           int32_t len, uint32_t acc[4]) {
-    uint32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
-    const int8_t *end = x0 + len;
-    while (x0 < end) {
-        int32_t xa = (int32_t)*x0++ + off;
-        int32_t xb = (int32_t)*x1++ + off;
-        int32_t wa = *w0++;
-        int32_t wb = *w1++;
-        a00 += (uint32_t)(xa * wa);
-        a01 += (uint32_t)(xa * wb);
-        a10 += (uint32_t)(xb * wa);
-        a11 += (uint32_t)(xb * wb);
-    }
-    acc[0] = a00;
-    acc[1] = a01;
-    acc[2] = a10;
-    acc[3] = a11;
-}
+#include "tt_internal.h"
 
 /* C twin of tinytrain.sim.kernels.core_matmul.run_fully_connected (int8 path). */
 tt_status tt_fc_s8(const tt_fc_params *p, const int8_t *in, const int8_t *w, const int32_t *bias,
                    const tt_weight_patch *patch, int8_t *out) {
-    if (p == NULL || in == NULL || w == NULL || out == NULL) {
-        return TT_ERR_ARG;
-    }
-    if (p->rows < 0 || p->in_c <= 0 || p->out_c <= 0 || !tt_count_ok(p->rows, p->in_c, 1, 1) ||
-        !tt_count_ok(p->rows, p->out_c, 1, 1) || !tt_count_ok(p->out_c, p->in_c, 1, 1)) {
-        return TT_ERR_SHAPE;
-    }
-    tt_status st = tt_check_requant(p->in_zp, p->out_zp, p->act_min, p->act_max, p->mult, p->shift, p->out_c);
-    if (st != TT_OK) {
-        return st;
-    }
-    if (p->w_zp < TT_INT8_MIN || p->w_zp > TT_INT8_MAX) {
-        return TT_ERR_ARG;
-    }
     int mode;
-    st = tt_patch_check(patch, p->in_c, &mode);
+    const tt_status st = tt_fc_check(p, in, w, out, patch, &mode);
     if (st != TT_OK) {
         return st;
     }
@@ -86,10 +53,10 @@ tt_status tt_fc_s8(const tt_fc_params *p, const int8_t *in, const int8_t *w, con
                 uint32_t acc[4] = {0u, 0u, 0u, 0u};
                 if (mode == TT_PATCH_PREFIX) {
                     const int8_t *t0 = patch->w_train + (size_t)o * (size_t)n;
-                    dot_2x2(x0, x1, off, t0, t0 + n, n, acc);
-                    dot_2x2(x0 + n, x1 + n, off, w0 + n, w1 + n, k - n, acc);
+                    tt_dot_2x2(x0, x1, off, t0, t0 + n, n, acc);
+                    tt_dot_2x2(x0 + n, x1 + n, off, w0 + n, w1 + n, k - n, acc);
                 } else {
-                    dot_2x2(x0, x1, off, w0, w1, k, acc);
+                    tt_dot_2x2(x0, x1, off, w0, w1, k, acc);
                     if (mode == TT_PATCH_DELTA) {
                         const int8_t *t0 = patch->w_train + (size_t)o * (size_t)n;
                         acc[0] += tt_patch_delta_s8(x0, off, w0, t0, patch->ch, n);

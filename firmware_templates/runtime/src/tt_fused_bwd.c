@@ -35,20 +35,11 @@ struct ed_ctx {
     uint32_t *acc_e;    /* [W·Cin] or NULL: one row of E's input-gradient sums, modulo 2^32 */
 };
 
-static int bitlen64(uint64_t x) {
-    int n = 0;
-    if ((x >> 32) != 0u) { x >>= 32; n += 32; }
-    if ((x >> 16) != 0u) { x >>= 16; n += 16; }
-    if ((x >> 8) != 0u) { x >>= 8; n += 8; }
-    if ((x >> 4) != 0u) { x >>= 4; n += 4; }
-    if ((x >> 2) != 0u) { x >>= 2; n += 2; }
-    if ((x >> 1) != 0u) { x >>= 1; n += 1; }
-    return n + (int)x;
-}
+#include "tt_grad.h" /* tt_grad_shift_u64 */
 
 /* normalize's shift for a global max |acc| = m (0 for all zero) (numpy: fused_bwd._shift). */
 static int norm_shift(uint64_t m) {
-    return m == 0u ? 0 : bitlen64(m) - GRAD_BITS;
+    return (int)tt_grad_shift_u64(m, GRAD_BITS);
 }
 
 /* One element of normalize with the tensor's global shift r (numpy: fused_bwd._norm_row):

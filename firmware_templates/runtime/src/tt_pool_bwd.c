@@ -5,27 +5,12 @@
 
 #include "tt_fixedpoint.h"
 #include "tt_grad.h"
+#include "tt_internal.h"
 
 #define Q15_BITS 15
 
 static inline int64_t scaled(int32_t g, int32_t mu) {
     return (int64_t)tt_rdbpot32(g * mu, Q15_BITS); /* |g * mu| <= 2^30 */
-}
-
-/* Row-major strides of dims (TT_BWD_MAX_RANK); 0 when a size exceeds int32. */
-static int32_t strides_of(const int32_t *dims, int32_t *strides) {
-    int64_t s = 1;
-    for (int32_t a = TT_BWD_MAX_RANK - 1; a >= 0; --a) {
-        if (dims[a] < 1) {
-            return 0;
-        }
-        strides[a] = (int32_t)s;
-        s *= dims[a];
-        if (s > TT_INT32_MAX) {
-            return 0;
-        }
-    }
-    return 1;
 }
 
 /* One pass of the MEAN backward: every input element reads g'[its output element]. */
@@ -43,12 +28,7 @@ static uint64_t mean_pass(const tt_mean_bwd_params *p, const int32_t *ostr, cons
                             int32_t o = i0 * ostr[0] + i1 * ostr[1] + i2 * ostr[2] + i3 * ostr[3] + i4 * ostr[4] +
                                         i5 * ostr[5];
                             int64_t acc = scaled(g_y[o], p->mu);
-                            if (write) {
-                                g_x[q] = tt_grad_scale64(acc, r);
-                            } else {
-                                uint64_t a = tt_abs_u64(acc);
-                                m = a > m ? a : m;
-                            }
+                            tt_grad_pass_elem(acc, r, write, &g_x[q], &m);
                             ++q;
                         }
     return m;
@@ -61,7 +41,7 @@ tt_status tt_mean_bwd_s16(const tt_mean_bwd_params *p, const int16_t *g_y, int32
         return TT_ERR_ARG;
     }
     int32_t istr[TT_BWD_MAX_RANK], ostr[TT_BWD_MAX_RANK];
-    if (!strides_of(p->in_dims, istr) || !strides_of(p->keep_dims, ostr)) {
+    if (!tt_bwd_strides(p->in_dims, istr) || !tt_bwd_strides(p->keep_dims, ostr)) {
         return TT_ERR_SHAPE;
     }
     for (int32_t a = 0; a < TT_BWD_MAX_RANK; ++a) {
@@ -108,12 +88,7 @@ static uint64_t avgpool_pass(const tt_avgpool_bwd_params *p, const int16_t *g_y,
                         acc += scaled(g_y[w * c + ch], p->mu[w]);
                     }
                 }
-                if (write) {
-                    gx[ch] = tt_grad_scale64(acc, r);
-                } else {
-                    uint64_t a = tt_abs_u64(acc);
-                    m = a > m ? a : m;
-                }
+                tt_grad_pass_elem(acc, r, write, &gx[ch], &m);
             }
         }
     }

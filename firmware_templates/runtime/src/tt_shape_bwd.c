@@ -4,22 +4,7 @@
 #include "tt_shape_bwd.h"
 
 #include "tt_grad.h"
-
-/* Row-major strides of dims; 0 when a dim is < 1 or the size exceeds int32. */
-static int32_t strides_of(const int32_t *dims, int32_t *strides) {
-    int64_t s = 1;
-    for (int32_t a = TT_BWD_MAX_RANK - 1; a >= 0; --a) {
-        if (dims[a] < 1) {
-            return 0;
-        }
-        strides[a] = (int32_t)s;
-        s *= dims[a];
-        if (s > TT_INT32_MAX) {
-            return 0;
-        }
-    }
-    return 1;
-}
+#include "tt_internal.h"
 
 static int32_t size_of(const int32_t *dims) {
     int32_t n = 1;
@@ -58,12 +43,7 @@ static uint64_t add_pass(const int32_t *idims, const int32_t *bdims, const int32
                             int32_t base = i0 * ostr[0] + i1 * ostr[1] + i2 * ostr[2] + i3 * ostr[3] +
                                            i4 * ostr[4] + i5 * ostr[5];
                             int64_t acc = box_sum(g_y, base, bdims, ostr);
-                            if (write) {
-                                g_x[q] = tt_grad_scale64(acc, r);
-                            } else {
-                                uint64_t a = tt_abs_u64(acc);
-                                m = a > m ? a : m;
-                            }
+                            tt_grad_pass_elem(acc, r, write, &g_x[q], &m);
                             ++q;
                         }
     return m;
@@ -77,7 +57,7 @@ tt_status tt_add_bwd_s16(const tt_add_bwd_params *p, int32_t which, const int16_
     }
     const int32_t *idims = p->in_dims[which];
     int32_t ostr[TT_BWD_MAX_RANK], istr[TT_BWD_MAX_RANK], bdims[TT_BWD_MAX_RANK];
-    if (!strides_of(p->out_dims, ostr) || !strides_of(idims, istr)) {
+    if (!tt_bwd_strides(p->out_dims, ostr) || !tt_bwd_strides(idims, istr)) {
         return TT_ERR_SHAPE;
     }
     for (int32_t a = 0; a < TT_BWD_MAX_RANK; ++a) {
@@ -111,7 +91,7 @@ tt_status tt_pad_bwd_s16(const tt_pad_bwd_params *p, const int16_t *g_y, int32_t
         return TT_ERR_ARG;
     }
     int32_t ostr[TT_BWD_MAX_RANK], istr[TT_BWD_MAX_RANK];
-    if (!strides_of(p->out_dims, ostr) || !strides_of(p->in_dims, istr)) {
+    if (!tt_bwd_strides(p->out_dims, ostr) || !tt_bwd_strides(p->in_dims, istr)) {
         return TT_ERR_SHAPE;
     }
     int32_t base = 0;

@@ -2,54 +2,18 @@
 #include "tt_update.h"
 
 #include "tt_fixedpoint.h"
+#include "tt_internal.h"
 #include "tt_prng.h"
 
 #define W_SATURATE_LOG2 8  /* |Δw| >= 2^8 already saturates any int8 weight */
 #define B_SATURATE_LOG2 32 /* |Δb| >= 2^32 already saturates any int32 bias */
 #define MAX_SHIFT 62       /* RoundingDivideByPOT of |P| < 2^61 by >= 62 gives 0 */
 
-/* Bit length of x (0 for 0). */
-static int bitlen64(uint64_t x) {
-    int n = 0;
-    if ((x >> 32) != 0u) { x >>= 32; n += 32; }
-    if ((x >> 16) != 0u) { x >>= 16; n += 16; }
-    if ((x >> 8) != 0u) { x >>= 8; n += 8; }
-    if ((x >> 4) != 0u) { x >>= 4; n += 4; }
-    if ((x >> 2) != 0u) { x >>= 2; n += 2; }
-    if ((x >> 1) != 0u) { x >>= 1; n += 1; }
-    return n + (int)x;
-}
-
-static uint64_t abs64(int64_t v) {
-    return v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-}
-
 /* p · 2^left (left >= 0) exact while below 2^lg, else ±2^lg (numpy: update._saturating_left). */
 static int64_t saturating_left(int64_t p, int64_t left, int lg) {
     int sh = left < (int64_t)lg ? (int)left : lg;
     int64_t lim = ((int64_t)1 << lg) >> sh;
     return tt_clamp64(p, -lim, lim) * ((int64_t)1 << sh);
-}
-
-/* Element t of a gradient row (exact int64). */
-static int64_t row_at(const tt_grad_row *g, int32_t t) {
-    int64_t i = (int64_t)t * (int64_t)g->stride;
-    int64_t v;
-    switch (g->elem_bytes) {
-    case 1:
-        v = ((const int8_t *)g->data)[i];
-        break;
-    case 2:
-        v = ((const int16_t *)g->data)[i];
-        break;
-    case 4:
-        v = ((const int32_t *)g->data)[i];
-        break;
-    default:
-        v = ((const int64_t *)g->data)[i];
-        break;
-    }
-    return v * (int64_t)g->scale;
 }
 
 static int valid_row_src(const tt_grad_row *g, int32_t n) {
@@ -61,7 +25,7 @@ static int valid_row_src(const tt_grad_row *g, int32_t n) {
 
 /* Bits r that reduce a row whose max |G| is `top` to |G'| <= 2^30 (numpy: update._reduce_rows). */
 static int reduce_bits(uint64_t top) {
-    int r = bitlen64(top) - TT_GRAD_UPDATE_BITS;
+    int r = tt_bitlen_u64(top) - TT_GRAD_UPDATE_BITS;
     return r > 0 ? r : 0;
 }
 
@@ -123,7 +87,7 @@ tt_status tt_update_weight_row_src_s8(const tt_update_params *p, const tt_sgd_st
     const int32_t n = p->row_len;
     uint64_t top = 0;
     for (int32_t t = 0; t < n; ++t) {
-        uint64_t a = abs64(row_at(grad, t));
+        uint64_t a = tt_abs_u64(tt_grad_row_at(grad, t));
         top = a > top ? a : top;
     }
     const int r = reduce_bits(top);
@@ -131,7 +95,7 @@ tt_status tt_update_weight_row_src_s8(const tt_update_params *p, const tt_sgd_st
     int8_t *w = p->depthwise ? w_train + row : w_train + (int64_t)row * n;
     const int64_t w_stride = p->depthwise ? p->rows : 1;
     for (int32_t t = 0; t < n; ++t) {
-        int64_t g2 = tt_rdbpot64(row_at(grad, t), r);
+        int64_t g2 = tt_rdbpot64(tt_grad_row_at(grad, t), r);
         int64_t prod = -g2 * m;
         uint32_t u = tt_xorshift32(prng);
         int64_t delta = tt_update_stochastic_shift(prod, total_r, u);
@@ -179,7 +143,7 @@ tt_status tt_update_bias_one_s32(const tt_update_params *p, const tt_sgd_step *s
     if (st != TT_OK) {
         return st;
     }
-    const int r = reduce_bits(abs64(grad));
+    const int r = reduce_bits(tt_abs_u64(grad));
     const int64_t prod = -tt_rdbpot64(grad, r) * m;
     const int64_t delta = tt_update_rounding_shift(prod, 31 - s - e_y - (int64_t)r);
     bias[channel] = (int32_t)tt_clamp64((int64_t)bias[channel] + delta, TT_INT32_MIN, TT_INT32_MAX);
