@@ -9,7 +9,9 @@ formatted by the filters below, never by string concatenation of C in Python).
 * ``tt_weights.h`` / ``tt_weights.c``: the flash constants (frozen weights, per-channel
   constants, the kernels' params structs as ``const`` initialisers);
 * ``main_host.c``: the run driver speaking the binary protocol over the board's I/O;
-* ``runtime/``: the runtime sources and headers the program uses;
+* ``runtime/``: the runtime sources and headers the program uses (``runtime/src/``: every
+  reference source; with ``backend="dsp"`` also ``runtime/dsp/``: the optimized replacements,
+  compiled instead of the reference files they replace, see ``codegen.runtime_sources``);
 * ``metadata.json``: sizes, the plan, the trained tensors, the kernels and files.
 """
 
@@ -26,6 +28,7 @@ import jinja2
 import numpy as np
 
 from codegen.lower import ArenaPtr, ArenaValue, Call, Lit, Local, Loop, Lowered, StructInit, Sym, lower
+from codegen.runtime_sources import Backend, runtime_sources
 from tinytrain import __version__
 from tinytrain.train.compile import Compiled
 
@@ -120,14 +123,21 @@ def runtime_headers() -> list[str]:
     return sorted(p.name for p in (RUNTIME / "include").glob("tt_*.h"))
 
 
-def _runtime_sources(kernels: Sequence[str]) -> list[Path]:
-    """The runtime's C files (all of them: the kernels call shared helpers across files)."""
+def _runtime_sources(kernels: Sequence[str], backend: Backend = "ref") -> list[Path]:
+    """The runtime's C files for ``backend`` (all of them: the kernels call shared helpers across files)."""
     del kernels
-    return sorted((RUNTIME / "src").glob("tt_*.c"))
+    return runtime_sources(backend)
 
 
-def generate(compiled: Compiled, out_dir: Path, sample_shape: Sequence[int], run: RunConfig | None = None) -> Generated:
-    """Writes the C project of ``compiled`` for native samples of ``sample_shape`` into ``out_dir``."""
+def generate(
+    compiled: Compiled,
+    out_dir: Path,
+    sample_shape: Sequence[int],
+    run: RunConfig | None = None,
+    backend: Backend = "ref",
+) -> Generated:
+    """Writes the C project of ``compiled`` for native samples of ``sample_shape`` into ``out_dir``,
+    with the runtime kernels of ``backend`` ("ref" or "dsp")."""
     run = run or RunConfig()
     low = lower(compiled, sample_shape)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -181,10 +191,15 @@ def generate(compiled: Compiled, out_dir: Path, sample_shape: Sequence[int], run
     (rt / "src").mkdir(parents=True, exist_ok=True)
     for h in (RUNTIME / "include").glob("tt_*.h"):
         shutil.copyfile(h, rt / "include" / h.name)
-    srcs = []
-    for s in _runtime_sources(low.kernels):
+    for s in (RUNTIME / "src").glob("tt_*.c"):  # all of them: a dsp replacement may #include its reference
         shutil.copyfile(s, rt / "src" / s.name)
-        srcs.append(rt / "src" / s.name)
+    srcs = []
+    for s in _runtime_sources(low.kernels, backend):
+        dst = rt / s.relative_to(RUNTIME)  # runtime/src/ or runtime/dsp/
+        if s.parent.name != "src":
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(s, dst)
+        srcs.append(dst)
     meta = metadata(compiled, low, run, [p.name for p in srcs])
     (out_dir / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
     return Generated(

@@ -717,6 +717,76 @@ def _fused_ed_step(b: _Builder, st: BackwardStep, have: set[str]) -> None:
     _scratch_update(b, e, bias_grad, weight_grad, Local("e_param"))
 
 
+def _fused_pde_step(b: _Builder, st: BackwardStep, have: set[str]) -> None:
+    """P (1×1 projection) fused in front of D (depthwise) and E: ``tt_fused_pde_bwd_s16``
+    recomputes D's output gradient from P's output gradient row by row into its ring and
+    streams D's input gradient into E's backward. P's own parameter gradients come from
+    the unfused kernels on P's masked output gradient; D's and E's are in the fused
+    scratch, their exponents in the (then dead) ring. Updates after every gradient of the
+    step, in the order P, D, E (the simulator's)."""
+    d, e, p = st, st.fused_with, st.fused_from
+    fp = st.fused_project
+    assert e is not None and p is not None and fp is not None
+    i = d.op_index
+    gy, _, ey = b.grad(p.op.outputs[0])
+    mask_p = _mask_in_place(b, p, gy)
+    mask_d: Arg = NULL
+    if d.params.clamp is not None:
+        mask_d = b.arena(f"mask:{d.op.outputs[0]}", "uint8_t")
+    mask_e: Arg = NULL
+    if e.params.clamp is not None:
+        mask_e = b.arena(f"mask:{e.op.outputs[0]}", "uint8_t")
+    pa = cu.project_arrays(fp)
+    if pa.ring_bytes() < 8:
+        raise UsageError(f"{d.op.describe()}: the fused projection backward's ring is too small for its exponents")
+    cs = cu.project_struct(pa)
+    ptrs: dict[str, Arg] = {
+        "ed.d_mu": b.array(f"fdmu_{i}", pa.ed.d_mu),
+        "ed.e_mu": b.array(f"femu_{i}", pa.ed.e_mu),
+        "p_mu": b.array(f"fpmu_{i}", pa.p_mu),
+    }
+    desc = f"fused backward of {p.op.describe()}, {d.op.describe()} and {e.op.describe()}"
+    ps = b.struct(f"fpde_{i}", "tt_fused_pde_params", ctypes_init(cs.struct, ptrs), desc)
+    sums: list[tuple[str, str]] = []
+    g_in: Arg = NULL
+    e_in: Arg = NULL
+    if fp.inner.e_input_grad:
+        g_in, e_in = _grad_dest(b, e, 0, have, sums)
+    x_sub_d: Arg = NULL
+    if d.params.save_channels:
+        x_sub_d = b.arena(f"saved:{d.target(0)}@{d.op_index}", "int8_t")
+    x_sub_e: Arg = NULL
+    if e.params.save_channels:
+        x_sub_e = b.arena(f"saved:{e.target(0)}@{e.op_index}", "int8_t")
+    scratch_buf = f"scratch:fused-bwd:{i}"
+    scratch = b.arena(scratch_buf, "void")
+    args = (ps, gy, ey, mask_p, mask_d, mask_e, _fbwd_weights(b, p), _fbwd_weights(b, d), _fbwd_weights(b, e),
+            x_sub_d, x_sub_e, g_in, e_in, NULL, NULL, scratch)  # fmt: skip
+    b.call("tt_fused_pde_bwd_s16", desc, args, "backward")
+    _finish_sums(b, sums, have, e)
+    _finish_sums(b, [], have, d)
+    _finish_sums(b, [], have, p)
+    _linear_update(b, p, gy, ey)
+    d_off, dw_off, ed_off, ring_off = pa.scratch_offsets()
+    e_d = ArenaValue(scratch_buf, b.plan.offset(scratch_buf) + ring_off, "int32_t")
+    e_e = ArenaValue(scratch_buf, b.plan.offset(scratch_buf) + ring_off + 4, "int32_t")
+    req_d, req_e = d.params.request, e.params.request
+    _scratch_update(
+        b,
+        d,
+        b.arena(scratch_buf, "int64_t", d_off) if req_d.bias else None,
+        b.arena(scratch_buf, "int64_t", dw_off) if req_d.weight_channels else None,
+        e_d,
+    )
+    off = ed_off
+    e_bias: Arg | None = None
+    if req_e.bias:
+        e_bias = b.arena(scratch_buf, "int64_t", off)
+        off += 8 * fp.channels
+    e_weight = b.arena(scratch_buf, "int64_t", off) if req_e.weight_channels else None
+    _scratch_update(b, e, e_bias, e_weight, e_e)
+
+
 def _finish_sums(b: _Builder, sums: list[tuple[str, str]], have: set[str], st: BackwardStep) -> None:
     for target, buf in sums:
         ga, _, ea = b.grad(target)
@@ -770,12 +840,6 @@ def check_supported(compiled: Compiled) -> None:
         raise UsageError(
             "the C code generator needs a program compiled with --sample-shape (device-side preprocessing)"
         )
-    for st in compiled.program.backward:
-        if st.fused_project is not None:
-            raise UsageError(
-                f"{st.op.describe()}: the fused projection→depthwise→expansion backward has no C kernel yet "
-                "(compile with a scheme or budget that does not fuse it)"
-            )
 
 
 def lower(compiled: Compiled, sample_shape: Sequence[int]) -> Lowered:
@@ -826,7 +890,9 @@ def lower(compiled: Compiled, sample_shape: Sequence[int]) -> Lowered:
     )
     have: set[str] = set()
     for st in prog.backward:
-        if st.fused is not None:
+        if st.fused_project is not None:
+            _fused_pde_step(b, st, have)
+        elif st.fused is not None:
             _fused_ed_step(b, st, have)
         else:
             _backward_step(b, st, have)

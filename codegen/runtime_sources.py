@@ -6,7 +6,9 @@ portable fallbacks, see its README) replaces some of them file for file: each ds
 defines exactly the functions of the reference file it replaces, with the same signatures
 and the same bytes out, so a build compiles either the reference file or its dsp
 replacement, never both. Headers are shared (``include/``; the dsp sources also use
-``include/tt_dsp.h``).
+``include/tt_dsp.h``). A replacement may ``#include`` the reference file it replaces to
+reuse its static helpers (``dsp/tt_fused_block_stages_dsp.c`` does), so a generated
+project keeps every ``src/`` file on disk even where it compiles the dsp one.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ BACKENDS: tuple[Backend, ...] = ("ref", "dsp")
 DSP_REPLACES: MappingProxyType[str, str] = MappingProxyType(
     {
         "tt_fc.c": "dsp/tt_fc_dsp.c",
-        "tt_fused_block.c": "dsp/tt_fused_block_dsp.c",
+        "tt_fused_block_stages.c": "dsp/tt_fused_block_stages_dsp.c",
     }
 )
 """Reference source (in ``src/``) -> its optimized replacement (relative to the runtime dir)."""

@@ -140,24 +140,73 @@ _COMMON_ARM_SOURCES = ("tt_board_io.c", "common/tt_startup.c")
 _QEMU_SOURCES = (*_COMMON_ARM_SOURCES, "common/tt_board_mps2.c", "common/tt_counter_systick.c")
 
 
-def _mps2(name: str, machine: str, core: str, flags: tuple[str, ...]) -> Target:
+def _arm(
+    name: str,
+    description: str,
+    kind: TargetKind,
+    flags: tuple[str, ...],
+    sources: tuple[str, ...],
+    flash: MemoryRegion,
+    ram: MemoryRegion,
+    default_sram_bytes: int,
+    qemu_machine: str | None,
+    cpu_hz: int,
+    counter: tuple[str, int],
+) -> Target:
+    """A Cortex-M target: its board directory is ``name`` (include dir and ``linker.ld.j2``); the
+    default flash budget is 1 MiB."""
     return Target(
         name=name,
-        description=f"QEMU {machine} ({core}); SysTick counts instructions (-icount shift=0)",
-        kind=TargetKind.QEMU,
+        description=description,
+        kind=kind,
         cc="arm-none-eabi-gcc",
         cpu_flags=flags,
-        board_sources=_QEMU_SOURCES,
+        board_sources=sources,
         board_include_dirs=(".", "common", name),
         linker_template=f"{name}/linker.ld.j2",
-        flash=MemoryRegion(0x0000_0000, 4 * MiB),
-        ram=MemoryRegion(0x2000_0000, 4 * MiB),
-        default_sram_bytes=256 * KiB,
+        flash=flash,
+        ram=ram,
+        default_sram_bytes=default_sram_bytes,
         default_flash_bytes=1 * MiB,
-        qemu_machine=machine,
-        cpu_hz=25_000_000,
-        counter_unit="instructions",
-        counter_resolution=40,
+        qemu_machine=qemu_machine,
+        cpu_hz=cpu_hz,
+        counter_unit=counter[0],
+        counter_resolution=counter[1],
+    )
+
+
+def _mps2(name: str, machine: str, core: str, flags: tuple[str, ...]) -> Target:
+    return _arm(
+        name,
+        f"QEMU {machine} ({core}); SysTick counts instructions (-icount shift=0)",
+        TargetKind.QEMU,
+        flags,
+        _QEMU_SOURCES,
+        MemoryRegion(0x0000_0000, 4 * MiB),
+        MemoryRegion(0x2000_0000, 4 * MiB),
+        256 * KiB,
+        machine,
+        25_000_000,
+        ("instructions", 40),
+    )
+
+
+def _board(
+    name: str, description: str, flags: tuple[str, ...], source: str, flash: MemoryRegion, ram_bytes: int, cpu_hz: int
+) -> Target:
+    """A real board (``source`` is its board file): SRAM from 0x2000_0000, the DWT cycle counter."""
+    return _arm(
+        name,
+        description,
+        TargetKind.BOARD,
+        flags,
+        (*_COMMON_ARM_SOURCES, "common/tt_counter_dwt.c", source),
+        flash,
+        MemoryRegion(0x2000_0000, ram_bytes),
+        ram_bytes,
+        None,
+        cpu_hz,
+        ("cycles", 1),
     )
 
 
@@ -165,45 +214,23 @@ TARGETS: Mapping[str, Target] = MappingProxyType(
     {
         "qemu-m4": _mps2("qemu-m4", "mps2-an386", "Cortex-M4F", M4F_FLAGS),
         "qemu-m7": _mps2("qemu-m7", "mps2-an500", "Cortex-M7", M7_FLAGS),
-        "stm32f746g-disco": Target(
-            name="stm32f746g-disco",
-            description="STM32F746G-DISCO (STM32F746NG, Cortex-M7 @ 216 MHz); USART1 on the ST-LINK VCP",
-            kind=TargetKind.BOARD,
-            cc="arm-none-eabi-gcc",
-            cpu_flags=M7_FLAGS,
-            board_sources=(
-                *_COMMON_ARM_SOURCES,
-                "common/tt_counter_dwt.c",
-                "stm32f746g-disco/tt_board_stm32f746.c",
-            ),
-            board_include_dirs=(".", "common", "stm32f746g-disco"),
-            linker_template="stm32f746g-disco/linker.ld.j2",
-            flash=MemoryRegion(0x0800_0000, 1 * MiB),
-            ram=MemoryRegion(0x2000_0000, 320 * KiB),
-            default_sram_bytes=320 * KiB,
-            default_flash_bytes=1 * MiB,
-            qemu_machine=None,
-            cpu_hz=216_000_000,
-            counter_unit="cycles",
-            counter_resolution=1,
+        "stm32f746g-disco": _board(
+            "stm32f746g-disco",
+            "STM32F746G-DISCO (STM32F746NG, Cortex-M7 @ 216 MHz); USART1 on the ST-LINK VCP",
+            M7_FLAGS,
+            "stm32f746g-disco/tt_board_stm32f746.c",
+            MemoryRegion(0x0800_0000, 1 * MiB),
+            320 * KiB,
+            216_000_000,
         ),
-        "nrf52840": Target(
-            name="nrf52840",
-            description="nRF52840 (Cortex-M4F @ 64 MHz, nRF52840-DK); UARTE0 on P0.06/P0.08",
-            kind=TargetKind.BOARD,
-            cc="arm-none-eabi-gcc",
-            cpu_flags=M4F_FLAGS,
-            board_sources=(*_COMMON_ARM_SOURCES, "common/tt_counter_dwt.c", "nrf52840/tt_board_nrf52840.c"),
-            board_include_dirs=(".", "common", "nrf52840"),
-            linker_template="nrf52840/linker.ld.j2",
-            flash=MemoryRegion(0x0000_0000, 1 * MiB),
-            ram=MemoryRegion(0x2000_0000, 256 * KiB),
-            default_sram_bytes=256 * KiB,
-            default_flash_bytes=1 * MiB,
-            qemu_machine=None,
-            cpu_hz=64_000_000,
-            counter_unit="cycles",
-            counter_resolution=1,
+        "nrf52840": _board(
+            "nrf52840",
+            "nRF52840 (Cortex-M4F @ 64 MHz, nRF52840-DK); UARTE0 on P0.06/P0.08",
+            M4F_FLAGS,
+            "nrf52840/tt_board_nrf52840.c",
+            MemoryRegion(0x0000_0000, 1 * MiB),
+            256 * KiB,
+            64_000_000,
         ),
         "host": Target(
             name="host",

@@ -4,7 +4,6 @@ predicted), every trained tensor and the test logits, on Fashion-MNIST native sa
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ from tinytrain.datasets import fashion_mnist
 from tinytrain.errors import UsageError
 from tinytrain.models.ship import CHECKPOINT, MBV2, shipped
 from tinytrain.train.compile import Compiled, CompileOptions, compile_model
-from tinytrain.train.memory import plan_program, program_memory
 
 STEPS = 20
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
@@ -29,20 +27,6 @@ def spec() -> RunSpec:
 
 def _compile(scheme: str, batch: int = 1, model: str = MBV2) -> Compiled:
     return compile_model(shipped(model), CompileOptions(scheme, classes=10, sample_bytes=784, batch=batch))
-
-
-def _without_pde(c: Compiled) -> Compiled:
-    """The program with every fused P→D→E step split into P's unfused step and the fused
-    E→D step (the same bytes: the executor runs the parts in the same order), replanned."""
-    steps = []
-    for st in c.program.backward:
-        if st.fused_from is not None:
-            steps += [st.fused_from, replace(st, fused_from=None, fused_project=None)]
-        else:
-            steps.append(st)
-    prog = replace(c.program, backward=tuple(steps))
-    mem = program_memory(prog, c.options.sample_bytes)
-    return replace(c, program=prog, memory=mem, plan=plan_program(mem))
 
 
 def _same(a: RunResult, b: RunResult) -> None:
@@ -78,22 +62,16 @@ def test_batch_refused() -> None:
 
 
 @pytest.mark.parametrize(("model", "scheme"), [(CHECKPOINT, "bias-only"), (CHECKPOINT, "tte"), (MBV2, "bias-only")])
-def test_host_fused_ed_backward_matches_simulator(model: str, scheme: str, spec: RunSpec, tmp_path: Path) -> None:
-    """Fused E→D backward steps (tt_fused_ed_bwd_s16, E's updates from its scratch) and live
-    fused forward blocks: the host C trains to the simulator's bytes over STEPS steps."""
-    c = _without_pde(_compile(scheme, model=model))
+def test_host_fused_backward_matches_simulator(model: str, scheme: str, spec: RunSpec, tmp_path: Path) -> None:
+    """Fused E→D (tt_fused_ed_bwd_s16) and P→D→E (tt_fused_pde_bwd_s16) backward steps,
+    their updates from the fused scratch, and live fused forward blocks: the host C trains
+    the real programs to the simulator's bytes over STEPS steps."""
+    c = _compile(scheme, model=model)
     fused = [st for st in c.program.backward if st.fused is not None]
     assert fused
-    for st in fused:  # the planned scratch is the kernel's (tt_fused_ed_scratch_bytes: tests/test_c_fused_bwd.py)
-        assert st.fused is not None
+    if scheme == "bias-only":
+        assert any(st.fused_project is not None for st in fused)
+    for st in fused:  # the planned scratch is the kernel's (tests/test_c_fused_bwd.py, test_c_fused_pde_bwd.py)
         buf = next(b for b in c.plan.buffers if b.name == f"scratch:fused-bwd:{st.op_index}")
-        assert buf.size == st.fused.scratch_bytes and c.plan.offset(buf.name) % 8 == 0
+        assert buf.size == st.fused_scratch_bytes and c.plan.offset(buf.name) % 8 == 0
     _same(run_backend("sim", c, spec), run_backend("host", c, spec, work_dir=tmp_path))
-
-
-def test_fused_project_backward_refused(tmp_path: Path) -> None:
-    c = _compile("bias-only", model=CHECKPOINT)
-    assert any(st.fused_project is not None for st in c.program.backward)
-    x = np.zeros((1, 28, 28), np.uint8)
-    with pytest.raises(UsageError, match="projection"):
-        run_backend("host", c, RunSpec(x, np.zeros(1, np.int64), x), work_dir=tmp_path)

@@ -273,8 +273,8 @@ def bench_sources() -> list[Path]:
     """The QEMU test firmware: reference kernels + the dsp ones renamed (tt_dsp_*) + main."""
     from codegen.runtime_sources import RUNTIME_SRC
 
-    return [RUNTIME_SRC / "tt_fc.c", RUNTIME_SRC / "tt_fused_block.c", DSP_TESTS / "tt_dsp_renamed.c",
-            DSP_TESTS / "tt_dsp_renamed_fb.c", DSP_TESTS / "tt_dsp_bench.c"]  # fmt: skip
+    refs = [RUNTIME_SRC / n for n in ("tt_fc.c", "tt_fused_block.c", "tt_fused_block_stages.c")]
+    return [*refs, DSP_TESTS / "tt_dsp_renamed.c", DSP_TESTS / "tt_dsp_renamed_fb.c", DSP_TESTS / "tt_dsp_bench.c"]
 
 
 @pytest.mark.parametrize("target", ["qemu-m4", "qemu-m7"])

@@ -9,15 +9,15 @@ fused_scratch_bytes and nothing outside it is written."""
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from tests.helpers_c import assert_integer_only, cortex_m4_objects
+from tests.helpers_fused import forward_and_save, with_weights
 from tinytrain.ir.ops import NoAttrs, Op, OpKind
 from tinytrain.sim.kernels.core_conv import Geometry
 from tinytrain.testing.c_update import (
@@ -28,7 +28,7 @@ from tinytrain.testing.c_update import (
     fused_arrays,
     fused_struct,
 )
-from tinytrain.testing.cbuild import RUNTIME_INCLUDE, RUNTIME_SRC, load_runtime
+from tinytrain.testing.cbuild import load_runtime
 from tinytrain.train import executor as executor_mod
 from tinytrain.train.grad_rules import GRAD_RULES, BackwardParams, BackwardRequest, Saved
 from tinytrain.train.kernels.fused_bwd import (
@@ -323,38 +323,6 @@ def ckpt_graph() -> Any:
     return replace_head(load_model(shipped(CHECKPOINT)), 10, "zero", 0)
 
 
-def _forward_saves(program: Any, steps: dict[int, Any], x: np.ndarray) -> dict[int, Saved]:
-    from tinytrain.sim.kernels import KERNELS
-    from tinytrain.train.grad_rules import save_forward
-
-    graph = program.graph
-    values: dict[str, np.ndarray] = {graph.inputs[0]: x}
-    saved: dict[int, Saved] = {}
-    for i, op in enumerate(graph.ops):
-        spec = KERNELS[op.kind]
-        params = spec.prepare(op, graph.op_inputs(op), graph.op_outputs(op))
-        args = [
-            None if n is None else (graph.tensor(n).data if graph.tensor(n).data is not None else values[n])
-            for n in op.inputs
-        ]
-        outs = spec.run(params, args)
-        for name, y in zip(op.outputs, outs, strict=True):
-            values[name] = y
-        st = steps.get(i)
-        if st is not None:
-            src = st.target(0)
-            if src is not None and src != op.inputs[0]:
-                args = [values[src], *args[1:]]
-            saved[i] = save_forward(st.params, args, outs)
-    return saved
-
-
-def _with_e_weights(step: Any, n: int) -> Any:
-    kernel = step.params.kernel
-    req = replace(step.params.request, weight_channels=tuple(range(0, kernel.in_channels, 2))[:n])
-    return replace(step, params=replace(step.params, request=req))
-
-
 def test_checkpoint_pairs(lib: ctypes.CDLL, ckpt_graph: Any) -> None:
     """Every expansion → depthwise pair of the checkpoint (the fused ones of the bias-only
     program, incl. the stem pair and folded pads), with E's input gradient, bias and some
@@ -368,12 +336,12 @@ def test_checkpoint_pairs(lib: ctypes.CDLL, ckpt_graph: Any) -> None:
     pairs = []
     for d_step, e_step in itertools.pairwise(program.all_steps):
         if d_step.fused_with is e_step:
-            pairs.append((d_step, _with_e_weights(e_step, 2)))
+            pairs.append((d_step, with_weights(e_step, 2)))
     assert len(pairs) >= 3
     steps = {s.op_index: s for pair in pairs for s in pair}
     graph = program.graph
     x = np.random.default_rng(3).integers(-128, 128, graph.tensor(graph.inputs[0]).shape).astype(np.int8)
-    saved = _forward_saves(program, steps, x)
+    saved = forward_and_save(program, steps, x)
     rng = np.random.default_rng(11)
     kinds = set()
     for d_step, e_step in pairs:
@@ -548,27 +516,5 @@ def test_refuses_bad_arguments(lib: ctypes.CDLL) -> None:
 
 
 def test_compiles_for_cortex_m4(tmp_path: Path) -> None:
-    cc = shutil.which("arm-none-eabi-gcc")
-    if cc is None:
-        pytest.skip("arm-none-eabi-gcc not installed")
-    obj = tmp_path / "tt_fused_bwd.o"
-    flags = [
-        "-mcpu=cortex-m4",
-        "-mthumb",
-        "-mfloat-abi=hard",
-        "-mfpu=fpv4-sp-d16",
-        "-std=c99",
-        "-ffp-contract=off",
-        "-Wall",
-        "-Wextra",
-        "-Werror",
-        "-O2",
-        "-c",
-        f"-I{RUNTIME_INCLUDE}",
-    ]
-    r = subprocess.run(
-        [cc, *flags, str(RUNTIME_SRC / "tt_fused_bwd.c"), "-o", str(obj)], capture_output=True, text=True
-    )
-    assert r.returncode == 0, r.stderr
-    syms = subprocess.run(["arm-none-eabi-nm", "-u", str(obj)], capture_output=True, text=True).stdout
-    assert "__aeabi_d" not in syms and "__aeabi_f" not in syms and "malloc" not in syms
+    for obj in cortex_m4_objects(["tt_fused_bwd.c"], tmp_path):
+        assert_integer_only(obj)

@@ -8,8 +8,6 @@ carrying its own weights, biases and PRNG state across 20 steps."""
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.helpers_c import assert_integer_only, cortex_m4_objects
 from tinytrain.ir.ops import OpKind
 from tinytrain.testing.c_update import (
     AccBuffers,
@@ -32,7 +31,7 @@ from tinytrain.testing.c_update import (
     update_arrays,
     update_struct,
 )
-from tinytrain.testing.cbuild import RUNTIME_INCLUDE, RUNTIME_SRC, load_runtime
+from tinytrain.testing.cbuild import load_runtime
 from tinytrain.train import executor as executor_mod
 from tinytrain.train.data import fmix32
 from tinytrain.train.executor import update_prng_seed
@@ -741,6 +740,19 @@ def test_executor_batch_and_momentum(lib: ctypes.CDLL, ckpt_graph: Any, monkeypa
         counts["mom"] += 1
         return out
 
+    def _update_args(
+        acc: GradAccumulator, grad: np.ndarray, e_rows: np.ndarray, cs: Any, lr: Any, c_t: int
+    ) -> tuple[Any, ...]:
+        """The leading arguments of tt_acc_update_weights_s8 / _bias_s32: the C accumulator
+        holding ``grad`` (row exponents ``e_rows``), one step from row 0, ``cs``, the SGD step."""
+        buf = next(
+            b
+            for _, b in mirrors
+            if b.m.shape == grad.shape and np.array_equal(b.m.astype(np.int64), grad) and np.array_equal(b.e, e_rows)
+        )
+        st, cp = buf.struct(), acc_struct(acc)
+        return (ctypes.byref(cp), ctypes.byref(st), 1, 0, cs.ref(), ctypes.byref(sgd_step(lr, c_t)))
+
     def upd_w(
         up: UpdateParams,
         w: np.ndarray,
@@ -753,50 +765,22 @@ def test_executor_batch_and_momentum(lib: ctypes.CDLL, ckpt_graph: Any, monkeypa
     ) -> np.ndarray:
         assert c_prng[0] == state[0]
         out = orig_w(up, w, grad, e_rows, channels, lr, c_t, state)
-        buf = next(
-            b
-            for _, b in mirrors
-            if b.m.shape == grad.shape and np.array_equal(b.m.astype(np.int64), grad) and np.array_equal(b.e, e_rows)
-        )
         acc = weight_accumulator(up.kind, grad.shape)
         cs = update_struct(update_arrays(up, w.shape, tuple(channels)))
         ch = np.asarray(channels)
         sl = np.ascontiguousarray(w[..., ch])
-        st, cp = buf.struct(), acc_struct(acc)
-        r = lib.tt_acc_update_weights_s8(
-            ctypes.byref(cp),
-            ctypes.byref(st),
-            1,
-            0,
-            cs.ref(),
-            ctypes.byref(sgd_step(lr, c_t)),
-            as_ptr(sl, ctypes.c_int8),
-            u32p(c_prng),
-        )
+        args = _update_args(acc, grad, e_rows, cs, lr, c_t)
+        r = lib.tt_acc_update_weights_s8(*args, as_ptr(sl, ctypes.c_int8), u32p(c_prng))
         assert r == TT_OK and np.array_equal(sl, out[..., ch]) and c_prng[0] == state[0]
         counts["w"] += 1
         return out
 
     def upd_b(up: UpdateParams, b: np.ndarray, grad: np.ndarray, e_rows: np.ndarray, lr: Any, c_t: int) -> np.ndarray:
         out = orig_b(up, b, grad, e_rows, lr, c_t)
-        buf = next(
-            x
-            for _, x in mirrors
-            if x.m.shape == grad.shape and np.array_equal(x.m.astype(np.int64), grad) and np.array_equal(x.e, e_rows)
-        )
         acc = bias_accumulator(grad.size)
         cs = update_struct(update_arrays(up, (grad.size, 1, 1, 1), ()))
         cb = np.ascontiguousarray(b.reshape(-1).astype(np.int32))
-        st, cp = buf.struct(), acc_struct(acc)
-        r = lib.tt_acc_update_bias_s32(
-            ctypes.byref(cp),
-            ctypes.byref(st),
-            1,
-            0,
-            cs.ref(),
-            ctypes.byref(sgd_step(lr, c_t)),
-            as_ptr(cb, ctypes.c_int32),
-        )
+        r = lib.tt_acc_update_bias_s32(*_update_args(acc, grad, e_rows, cs, lr, c_t), as_ptr(cb, ctypes.c_int32))
         assert r == TT_OK and np.array_equal(cb, out.reshape(-1))
         counts["b"] += 1
         return out
@@ -826,26 +810,5 @@ def _is_mean_of(p: GradAccumulator, buf: AccBuffers, grad: np.ndarray, e: Any) -
 
 
 def test_compiles_for_cortex_m4(tmp_path: Path) -> None:
-    cc = shutil.which("arm-none-eabi-gcc")
-    if cc is None:
-        pytest.skip("arm-none-eabi-gcc not installed")
-    flags = [
-        "-mcpu=cortex-m4",
-        "-mthumb",
-        "-mfloat-abi=hard",
-        "-mfpu=fpv4-sp-d16",
-        "-std=c99",
-        "-ffp-contract=off",
-        "-Wall",
-        "-Wextra",
-        "-Werror",
-        "-O2",
-        "-c",
-        f"-I{RUNTIME_INCLUDE}",
-    ]
-    for name in MY_SOURCES:
-        obj = tmp_path / (name + ".o")
-        r = subprocess.run([cc, *flags, str(RUNTIME_SRC / name), "-o", str(obj)], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        syms = subprocess.run(["arm-none-eabi-nm", "-u", str(obj)], capture_output=True, text=True).stdout
-        assert "__aeabi_d" not in syms and "__aeabi_f" not in syms and "malloc" not in syms  # integer only
+    for obj in cortex_m4_objects(MY_SOURCES, tmp_path):
+        assert_integer_only(obj)

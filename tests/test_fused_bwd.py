@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers_fused import forward_and_save, with_weights
 from tinytrain.errors import UsageError
 from tinytrain.ir.ops import NoAttrs, Op, OpKind
-from tinytrain.sim.kernels import KERNELS
 from tinytrain.sim.kernels.core_conv import Geometry
 from tinytrain.train.build import BackwardStep, TrainingProgram, build_training_program
 from tinytrain.train.grad_rules import (
@@ -24,7 +24,6 @@ from tinytrain.train.grad_rules import (
     BackwardResult,
     Saved,
     run_backward,
-    save_forward,
 )
 from tinytrain.train.kernels.fused_bwd import (
     fused_scratch_bytes,
@@ -223,36 +222,6 @@ class Forward:
     pairs: tuple[tuple[BackwardStep, BackwardStep], ...]  # (D, E)
 
 
-def _forward_and_save(program: TrainingProgram, steps: dict[int, BackwardStep], x: np.ndarray) -> dict[int, Saved]:
-    """The executor's forward pass (original weights) with the saves of ``steps``."""
-    graph = program.graph
-    values: dict[str, np.ndarray] = {graph.inputs[0]: x}
-    saved: dict[int, Saved] = {}
-    for i, op in enumerate(graph.ops):
-        spec = KERNELS[op.kind]
-        params = spec.prepare(op, graph.op_inputs(op), graph.op_outputs(op))
-        args = [
-            None if n is None else (graph.tensor(n).data if graph.tensor(n).data is not None else values[n])
-            for n in op.inputs
-        ]
-        outs = spec.run(params, args)
-        for name, y in zip(op.outputs, outs, strict=True):
-            values[name] = y
-        st = steps.get(i)
-        if st is not None:
-            src = st.target(0)
-            if src is not None and src != op.inputs[0]:
-                args = [values[src], *args[1:]]
-            saved[i] = save_forward(st.params, args, outs)
-    return saved
-
-
-def _with_weights(step: BackwardStep, n: int) -> BackwardStep:
-    kernel = step.params.kernel
-    req = replace(step.params.request, weight_channels=tuple(range(0, kernel.in_channels, 2))[:n])
-    return replace(step, params=replace(step.params, request=req))
-
-
 @pytest.fixture(scope="module")
 def synthetic() -> Forward:
     from tinytrain.frontends.load import load_model
@@ -264,7 +233,7 @@ def synthetic() -> Forward:
     pairs = []
     for b in bwd:  # pairs the program already fuses (large gradients) ...
         if b.fused_with is not None:
-            pairs.append((_with_weights(replace(b, fused=None, fused_with=None), 3), _with_weights(b.fused_with, 2)))
+            pairs.append((with_weights(replace(b, fused=None, fused_with=None), 3), with_weights(b.fused_with, 2)))
     for d, e in itertools.pairwise(bwd):  # ... and those it leaves unfused (small ones)
         if (
             d.op.kind is OpKind.DEPTHWISE_CONV_2D
@@ -272,10 +241,10 @@ def synthetic() -> Forward:
             and 0 in d.params.request.input_grads
             and d.target(0) == e.op.outputs[0]
         ):
-            pairs.append((_with_weights(d, 3), _with_weights(e, 2)))
+            pairs.append((with_weights(d, 3), with_weights(e, 2)))
     steps = {s.op_index: s for pair in pairs for s in pair}
     x = np.random.default_rng(3).integers(-128, 128, graph.tensor(graph.inputs[0]).shape).astype(np.int8)
-    return Forward(program, _forward_and_save(program, steps, x), tuple(pairs))
+    return Forward(program, forward_and_save(program, steps, x), tuple(pairs))
 
 
 def test_checkpoint_pairs_byte_identical(synthetic: Forward) -> None:

@@ -5,18 +5,18 @@ executor; and with it bias-only on 128×128 MobileNetV2-class models fits 256 KB
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.helpers_fused import forward_and_save, with_weights
 from tinytrain.errors import UsageError
 from tinytrain.ir.graph import Graph
 from tinytrain.ir.ops import NoAttrs, Op, OpKind
-from tinytrain.sim.kernels import KERNELS
 from tinytrain.sim.kernels.core_conv import Geometry
-from tinytrain.train.build import BackwardStep, TrainingProgram, build_training_program
+from tinytrain.train.build import BackwardStep, build_training_program
 from tinytrain.train.grad_rules import (
     GRAD_RULES,
     BackwardParams,
@@ -24,7 +24,6 @@ from tinytrain.train.grad_rules import (
     BackwardResult,
     Saved,
     run_backward,
-    save_forward,
 )
 from tinytrain.train.kernels.fused_bwd import dw_reads, prepare_fused_expand_dw_backward
 from tinytrain.train.kernels.fused_bwd_project import (
@@ -279,35 +278,6 @@ def test_rejects_unfusable_projections() -> None:
 # ------------------------------------------------------------------ shipped checkpoint
 
 
-def _forward_and_save(program: TrainingProgram, steps: dict[int, BackwardStep], x: np.ndarray) -> dict[int, Saved]:
-    """The executor's forward pass (original weights) with the saves of ``steps``."""
-    graph = program.graph
-    values: dict[str, np.ndarray] = {graph.inputs[0]: x}
-    saved: dict[int, Saved] = {}
-    for i, op in enumerate(graph.ops):
-        spec = KERNELS[op.kind]
-        params = spec.prepare(op, graph.op_inputs(op), graph.op_outputs(op))
-        args = [
-            None if n is None else (graph.tensor(n).data if graph.tensor(n).data is not None else values[n])
-            for n in op.inputs
-        ]
-        outs = spec.run(params, args)
-        for name, y in zip(op.outputs, outs, strict=True):
-            values[name] = y
-        st = steps.get(i)
-        if st is not None:
-            src = st.target(0)
-            if src is not None and src != op.inputs[0]:
-                args = [values[src], *args[1:]]
-            saved[i] = save_forward(st.params, args, outs)
-    return saved
-
-
-def _with_weights(step: BackwardStep, n: int) -> BackwardStep:
-    req = replace(step.params.request, weight_channels=tuple(range(0, step.params.kernel.in_channels, 2))[:n])
-    return replace(step, params=replace(step.params, request=req))
-
-
 def _weight(graph: Graph, step: BackwardStep) -> np.ndarray:
     w = graph.tensor(str(step.op.inputs[1])).data
     assert w is not None
@@ -336,13 +306,13 @@ def test_checkpoint_triples_byte_identical() -> None:
     assert len(fused) >= 2 and any(d.op_index not in fused for _, d, _ in triples)
     kinds = {(bool(d.targets), bool(e.params.request.input_grads), d.op_index in fused) for _, d, e in triples}
     assert {(True, True, True), (False, False, True), (False, True, False)} <= kinds
-    trained = [(_with_weights(p, 2), _with_weights(d, 3), _with_weights(e, 2)) for p, d, e in triples]
+    trained = [(with_weights(p, 2), with_weights(d, 3), with_weights(e, 2)) for p, d, e in triples]
     to_save = {s.op_index: s for t in trained for s in t}
     x = np.random.default_rng(3).integers(-128, 128, graph.tensor(graph.inputs[0]).shape).astype(np.int8)
-    saved = _forward_and_save(program, to_save, x)
+    saved = forward_and_save(program, to_save, x)
     rng = np.random.default_rng(11)
-    for triple, with_weights in zip(triples, trained, strict=True):
-        for sp, sd, se in (triple, with_weights):
+    for triple, triple_w in zip(triples, trained, strict=True):
+        for sp, sd, se in (triple, triple_w):
             sv = tuple(saved[s.op_index] if s.params.request.weight_channels else Saved(saved[s.op_index].mask)
                        for s in (sp, sd, se))  # fmt: skip
             shape = graph.tensor(sp.op.outputs[0]).shape

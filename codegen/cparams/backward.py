@@ -35,6 +35,10 @@ LINEAR_KINDS = {OpKind.CONV_2D: 0, OpKind.DEPTHWISE_CONV_2D: 1, OpKind.FULLY_CON
 _I32 = ctypes.c_int32
 _P_I32 = ctypes.POINTER(ctypes.c_int32)
 _VP = ctypes.c_void_p
+# kernel size, strides and paddings, in this order in every window-shaped params struct
+_WINDOW_FIELDS = tuple(
+    (name, _I32) for name in ("kh", "kw", "sh", "sw", "pad_top", "pad_left", "pad_bottom", "pad_right")
+)
 
 
 # ------------------------------------------------------------------ struct mirrors
@@ -53,14 +57,7 @@ class TtLinearBwdParams(ctypes.Structure):
         ("out_h", _I32),
         ("out_w", _I32),
         ("out_c", _I32),
-        ("kh", _I32),
-        ("kw", _I32),
-        ("sh", _I32),
-        ("sw", _I32),
-        ("pad_top", _I32),
-        ("pad_left", _I32),
-        ("pad_bottom", _I32),
-        ("pad_right", _I32),
+        *_WINDOW_FIELDS,
         ("k", _I32),
         ("drop", _I32),
         ("in_zp", _I32),
@@ -82,14 +79,7 @@ class TtAvgPoolBwdParams(ctypes.Structure):
         ("c", _I32),
         ("out_h", _I32),
         ("out_w", _I32),
-        ("kh", _I32),
-        ("kw", _I32),
-        ("sh", _I32),
-        ("sw", _I32),
-        ("pad_top", _I32),
-        ("pad_left", _I32),
-        ("pad_bottom", _I32),
-        ("pad_right", _I32),
+        *_WINDOW_FIELDS,
         ("mu", _P_I32),
         ("k", _I32),
     ]

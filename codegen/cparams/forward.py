@@ -512,6 +512,24 @@ def _i8(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.int8)
 
 
+def _run_linear_c(
+    lib: ctypes.CDLL,
+    name: str,
+    struct: ctypes.Structure,
+    out_shape: tuple[int, ...],
+    x: np.ndarray,
+    w: np.ndarray,
+    bias: np.ndarray | None,
+    patch: CKernelParams[TtWeightPatch] | None,
+) -> np.ndarray:
+    """C kernel ``name(params, x, w, bias, patch, y)`` (conv, depthwise, fc): int8 ``y`` of ``out_shape``."""
+    y = np.empty(out_shape, np.int8)
+    x, w, b = _i8(x), _i8(w), _bias(bias)
+    fn = getattr(lib, name)
+    _check(fn(ctypes.addressof(struct), _addr(x), _addr(w), _addr(b), _patch_ref(patch), _addr(y)), name)
+    return y
+
+
 def run_conv_c(
     lib: ctypes.CDLL,
     cp: CKernelParams[TtConvParams],
@@ -522,10 +540,7 @@ def run_conv_c(
 ) -> np.ndarray:
     """One sample through ``tt_conv_s8``: int8 ``[out_h, out_w, out_c]``."""
     s = cp.struct
-    y = np.empty((s.out_h, s.out_w, s.out_c), np.int8)
-    x, w, b = _i8(x), _i8(w), _bias(bias)
-    _check(lib.tt_conv_s8(ctypes.addressof(s), _addr(x), _addr(w), _addr(b), _patch_ref(patch), _addr(y)), "tt_conv_s8")
-    return y
+    return _run_linear_c(lib, "tt_conv_s8", s, (s.out_h, s.out_w, s.out_c), x, w, bias, patch)
 
 
 def run_depthwise_c(
@@ -538,11 +553,7 @@ def run_depthwise_c(
 ) -> np.ndarray:
     """One sample through ``tt_depthwise_conv_s8``: int8 ``[out_h, out_w, out_c]``."""
     s = cp.struct
-    y = np.empty((s.out_h, s.out_w, s.out_c), np.int8)
-    x, w, b = _i8(x), _i8(w), _bias(bias)
-    status = lib.tt_depthwise_conv_s8(ctypes.addressof(s), _addr(x), _addr(w), _addr(b), _patch_ref(patch), _addr(y))
-    _check(status, "tt_depthwise_conv_s8")
-    return y
+    return _run_linear_c(lib, "tt_depthwise_conv_s8", s, (s.out_h, s.out_w, s.out_c), x, w, bias, patch)
 
 
 def run_fc_c(
@@ -555,10 +566,7 @@ def run_fc_c(
 ) -> np.ndarray:
     """``tt_fc_s8`` on ``rows`` input rows: int8 ``[rows, out_c]``."""
     s = cp.struct
-    y = np.empty((s.rows, s.out_c), np.int8)
-    x, w, b = _i8(x), _i8(w), _bias(bias)
-    _check(lib.tt_fc_s8(ctypes.addressof(s), _addr(x), _addr(w), _addr(b), _patch_ref(patch), _addr(y)), "tt_fc_s8")
-    return y
+    return _run_linear_c(lib, "tt_fc_s8", s, (s.rows, s.out_c), x, w, bias, patch)
 
 
 def run_add_c(lib: ctypes.CDLL, cp: CKernelParams[TtAddParams], a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from tinytrain.errors import UsageError
 from tinytrain.ir.ops import OpKind
 from tinytrain.train.kernels.accumulate import GradAccumulator, mean_multiplier
 from tinytrain.train.kernels.fused_bwd import FusedExpandDwParams
+from tinytrain.train.kernels.fused_bwd_project import FusedProjectParams
 from tinytrain.train.kernels.schedule import Schedule
 from tinytrain.train.kernels.update import UpdateParams
 
@@ -123,6 +124,21 @@ class FusedEdParamsC(ctypes.Structure):
     ]
 
 
+class FusedPdeParamsC(ctypes.Structure):
+    _fields_ = [
+        ("ed", FusedEdParamsC),
+        ("p_cout", I32),
+        ("p_mu", P_I32),
+        ("p_k", I32),
+        ("p_drop", I32),
+        ("p_mask", I32),
+        ("ring_rows", I32),
+        ("d_bias", I32),
+        ("d_weight_n", I32),
+        ("d_in_zp", I32),
+    ]
+
+
 # ------------------------------------------------------------------ function prototypes
 
 _PROTOTYPES: dict[str, tuple[Any, tuple[Any, ...]]] = {
@@ -216,6 +232,33 @@ _PROTOTYPES: dict[str, tuple[Any, tuple[Any, ...]]] = {
             ctypes.POINTER(FbwdWeights),
             P_I8,
             ctypes.POINTER(ctypes.c_int16),
+            P_I32,
+            P_I32,
+            P,
+        ),
+    ),
+    # tt_fused_pde_bwd.h
+    "tt_fused_pde_scratch_bytes": (ctypes.c_size_t, (ctypes.POINTER(FusedPdeParamsC),)),
+    "tt_fused_pde_d_bias_grad": (P_I64, (ctypes.POINTER(FusedPdeParamsC), P)),
+    "tt_fused_pde_d_weight_grad": (P_I64, (ctypes.POINTER(FusedPdeParamsC), P)),
+    "tt_fused_pde_ed_scratch": (P, (ctypes.POINTER(FusedPdeParamsC), P)),
+    "tt_fused_pde_exponents": (P_I32, (ctypes.POINTER(FusedPdeParamsC), P)),
+    "tt_fused_pde_bwd_s16": (
+        I32,
+        (
+            ctypes.POINTER(FusedPdeParamsC),
+            ctypes.POINTER(ctypes.c_int16),
+            I32,
+            ctypes.POINTER(ctypes.c_uint8),
+            ctypes.POINTER(ctypes.c_uint8),
+            ctypes.POINTER(ctypes.c_uint8),
+            ctypes.POINTER(FbwdWeights),
+            ctypes.POINTER(FbwdWeights),
+            ctypes.POINTER(FbwdWeights),
+            P_I8,
+            P_I8,
+            ctypes.POINTER(ctypes.c_int16),
+            P_I32,
             P_I32,
             P_I32,
             P,
@@ -434,6 +477,56 @@ def fused_struct(a: FusedArrays) -> CStruct:
     s.d_mu = as_ptr(a.d_mu, ctypes.c_int32)
     s.e_mu = as_ptr(a.e_mu, ctypes.c_int32)
     return CStruct(s, (a.d_mu, a.e_mu))
+
+
+@dataclass(frozen=True, eq=False)
+class ProjectArrays:
+    """The fields of ``tt_fused_pde_params``: the E→D part and P's / D's own."""
+
+    ed: FusedArrays
+    ints: tuple[tuple[str, int], ...]  # every int32 field of the outer struct by name
+    p_mu: np.ndarray  # int32 [P's output channels]
+
+    def scratch_offsets(self) -> tuple[int, int, int, int]:
+        """Byte offsets in the scratch of D's bias gradient, D's weight gradient, the E→D
+        kernel's scratch and the ring (the C header's layout; the ring's first 8 bytes
+        hold D's and E's parameter exponents after the call when the ring has 8 bytes)."""
+        f = dict(self.ints)
+        e = dict(self.ed.ints)
+        c = e["channels"]
+        d_bias = 8 * c if f["d_bias"] else 0
+        d_w = 8 * e["d_kh"] * e["d_kw"] * f["d_weight_n"]
+        ed = 4 * e["width"] * c + (4 * e["width"] * e["e_cin"] if e["e_input_grad"] else 0)
+        ed += (8 * c if e["e_bias"] else 0) + 8 * c * e["e_kh"] * e["e_kw"] * e["e_weight_n"]
+        return 0, d_bias, d_bias + d_w, d_bias + d_w + ed
+
+    def ring_bytes(self) -> int:
+        f = dict(self.ints)
+        e = dict(self.ed.ints)
+        return 2 * f["ring_rows"] * e["d_out_w"] * e["channels"]
+
+
+def project_arrays(fp: FusedProjectParams) -> ProjectArrays:
+    kp, kd = fp.kp, fp.inner.kd
+    req_d = fp.inner.d.request
+    ints = {
+        "p_cout": kp.out_channels,
+        "p_k": kp.k,
+        "p_drop": kp.drop,
+        "p_mask": int(fp.p.clamp is not None),
+        "ring_rows": fp.ring_rows,
+        "d_bias": int(req_d.bias),
+        "d_weight_n": len(req_d.weight_channels),
+        "d_in_zp": kd.in_zp,
+    }
+    return ProjectArrays(fused_arrays(fp.inner), tuple(ints.items()), _i32(kp.mu, "P's mu"))
+
+
+def project_struct(a: ProjectArrays) -> CStruct:
+    inner = fused_struct(a.ed)
+    s = FusedPdeParamsC(ed=inner.struct, **dict(a.ints))
+    s.p_mu = as_ptr(a.p_mu, ctypes.c_int32)
+    return CStruct(s, (*inner.arrays, a.p_mu))
 
 
 def fbwd_weights(w: np.ndarray, channels: Sequence[int] = (), w_train: np.ndarray | None = None) -> CStruct:

@@ -25,15 +25,7 @@ void tt_board_put_u64(uint64_t v) {
     tt_board_uart_write(buf + i, sizeof buf - i);
 }
 
-void tt_board_put_u32(uint32_t v) {
-    char buf[10]; /* 2^32 - 1 has 10 digits */
-    size_t i = sizeof buf;
-    do {
-        buf[--i] = (char)('0' + (int)(v % 10u));
-        v /= 10u;
-    } while (v != 0u);
-    tt_board_uart_write(buf + i, sizeof buf - i);
-}
+void tt_board_put_u32(uint32_t v) { tt_board_put_u64(v); }
 
 void tt_board_put_i32(int32_t v) {
     if (v < 0) {

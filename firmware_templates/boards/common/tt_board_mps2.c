@@ -15,6 +15,7 @@
 
 #include "tt_board.h"
 #include "tt_board_config.h"
+#include "tt_board_uart.h"
 #include "tt_cortexm.h"
 
 #define TT_UART0_DATA TT_REG32(0x40004000u)
@@ -64,20 +65,9 @@ int tt_board_uart_getc(void) {
     return (int)(TT_UART0_DATA & 0xFFu);
 }
 
-void tt_board_uart_write(const void *buf, size_t n) {
-    const uint8_t *p = (const uint8_t *)buf;
-    for (size_t i = 0; i < n; ++i) {
-        tt_board_uart_putc(p[i]);
-    }
-}
+void tt_board_uart_write(const void *buf, size_t n) { tt_board_uart_write_bytes(buf, n); }
 
-size_t tt_board_uart_read(void *buf, size_t n) {
-    uint8_t *p = (uint8_t *)buf;
-    for (size_t i = 0; i < n; ++i) {
-        p[i] = (uint8_t)tt_board_uart_getc();
-    }
-    return n;
-}
+size_t tt_board_uart_read(void *buf, size_t n) { return tt_board_uart_read_bytes(buf, n); }
 
 void tt_board_init(void) {
     tt_board_uart_init();

@@ -21,6 +21,7 @@
 
 #include "tt_board.h"
 #include "tt_board_config.h"
+#include "tt_board_uart.h"
 #include "tt_cortexm.h"
 
 /* CLOCK */
@@ -137,13 +138,7 @@ int tt_board_uart_getc(void) {
     return (int)tt_uart_rx_buf[0];
 }
 
-size_t tt_board_uart_read(void *buf, size_t n) {
-    uint8_t *p = (uint8_t *)buf;
-    for (size_t i = 0; i < n; ++i) {
-        p[i] = (uint8_t)tt_board_uart_getc();
-    }
-    return n;
-}
+size_t tt_board_uart_read(void *buf, size_t n) { return tt_board_uart_read_bytes(buf, n); }
 
 void tt_board_init(void) {
     tt_clock_init();

@@ -89,6 +89,12 @@ static inline void tt_dot_2x2(const int8_t *x0, const int8_t *x1, int32_t off, c
 #define TT_CHECK_REQUANT_OF(p)                                                                                   \
     tt_check_requant((p)->in_zp, (p)->out_zp, (p)->act_min, (p)->act_max, (p)->mult, (p)->shift, (p)->out_c)
 
+/* `requant` (a tt_check_requant status) if it is an error, else tt_patch_check(patch, limit, mode). */
+static inline tt_status tt_requant_patch_check(tt_status requant, const tt_weight_patch *patch, int32_t limit,
+                                               int *mode) {
+    return requant != TT_OK ? requant : tt_patch_check(patch, limit, mode);
+}
+
 /* The argument checks of tt_fc_s8 (reference and dsp): sets *mode (tt_patch_check) on TT_OK. */
 static inline tt_status tt_fc_check(const tt_fc_params *p, const int8_t *in, const int8_t *w, int8_t *out,
                                     const tt_weight_patch *patch, int *mode) {

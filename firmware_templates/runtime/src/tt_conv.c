@@ -64,10 +64,9 @@ static tt_status check_window(const window_dims *d) {
 }
 
 /* The window_dims of a tt_conv_params or tt_dw_params (the two name these fields alike). */
-#define WINDOW_OF(p)                                                                                    \
-    {(p)->in_h,    (p)->in_w,    (p)->in_c,     (p)->out_h,   (p)->out_w,   (p)->k_h,      (p)->k_w,          \
-     (p)->stride_h, (p)->stride_w, (p)->dil_h, (p)->dil_w, (p)->pad_top, (p)->pad_left, (p)->pad_bottom, \
-     (p)->pad_right}
+#define WINDOW_OF(p)                                                                                           \
+    {(p)->in_h, (p)->in_w, (p)->in_c, (p)->out_h, (p)->out_w, (p)->k_h, (p)->k_w, (p)->stride_h,               \
+     (p)->stride_w, (p)->dil_h, (p)->dil_w, (p)->pad_top, (p)->pad_left, (p)->pad_bottom, (p)->pad_right}
 
 /* C twin of tinytrain.sim.kernels.core_conv.run_conv (int8 path). */
 tt_status tt_conv_s8(const tt_conv_params *p, const int8_t *in, const int8_t *w, const int32_t *bias,
@@ -85,12 +84,8 @@ tt_status tt_conv_s8(const tt_conv_params *p, const int8_t *in, const int8_t *w,
         !tt_count_ok(p->out_c, p->k_h, p->k_w, p->filter_in_c)) {
         return TT_ERR_SHAPE;
     }
-    st = TT_CHECK_REQUANT_OF(p);
-    if (st != TT_OK) {
-        return st;
-    }
     int mode;
-    st = tt_patch_check(patch, p->filter_in_c, &mode);
+    st = tt_requant_patch_check(TT_CHECK_REQUANT_OF(p), patch, p->filter_in_c, &mode);
     if (st != TT_OK) {
         return st;
     }
@@ -199,12 +194,8 @@ tt_status tt_depthwise_conv_s8(const tt_dw_params *p, const int8_t *in, const in
         !tt_count_ok(p->out_h, p->out_w, p->out_c, 1) || !tt_count_ok(p->k_h, p->k_w, p->out_c, 1)) {
         return TT_ERR_SHAPE;
     }
-    st = TT_CHECK_REQUANT_OF(p);
-    if (st != TT_OK) {
-        return st;
-    }
     int mode;
-    st = tt_patch_check(patch, p->out_c, &mode);
+    st = tt_requant_patch_check(TT_CHECK_REQUANT_OF(p), patch, p->out_c, &mode);
     if (st != TT_OK) {
         return st;
     }

@@ -2,8 +2,11 @@
  * Row-streamed fused inverted-residual block (int8): see include/tt_fused_block.h.
  * C twin of tinytrain/sim/kernels/fused_block.py: run_fused_block (padded-row geometry:
  * tinytrain/sim/kernels/fused_rows.py: PaddedRows / padded_rows).
+ * This file is the driver (checks, geometry, scratch, ring schedule, padding, lead
+ * window, masks, residual ADD); the stage convolutions are in src/tt_fused_block_stages.c
+ * (or its dsp replacement), see include/tt_fused_block_internal.h.
  */
-#include "tt_fused_block.h"
+#include "tt_fused_block_internal.h"
 
 #include <string.h>
 
@@ -96,13 +99,6 @@ static void fill_padding(const tt_fb_padding *pd, int32_t src_w, int32_t c, int3
 }
 
 /* ------------------------------------------------------------------ arithmetic */
-
-/* clamp(MBQM(acc + bias, q, shift) + zp): the requantization of TFLite Micro's int8 conv. */
-static inline int8_t requantize(int32_t acc, int32_t bias, int32_t q, int32_t shift, int32_t zp, int32_t lo,
-                                int32_t hi) {
-    int64_t v = (int64_t)tt_mbqm(tt_wrap_add32(acc, bias), q, (int)shift) + zp;
-    return (int8_t)tt_clamp64(v, lo, hi);
-}
 
 /* Sets bit (bit0 + i) of mask for every value v[i] strictly inside (lo, hi). */
 static void emit_mask(uint8_t *mask, size_t bit0, const int8_t *v, int32_t n, int32_t lo, int32_t hi) {
@@ -269,166 +265,47 @@ size_t tt_fused_block_scratch_bytes(const tt_fused_block_params *p) {
     return s.lead_window + s.ring + s.dw_row + s.proj_row;
 }
 
-/* ------------------------------------------------------------------ stages */
+/* ------------------------------------------------------------------ rows */
 
 typedef struct {
-    const tt_fused_block_params *p;
-    const int8_t *input;  /* NULL in stream mode */
+    tt_fb_ctx c;         /* what the stages see */
+    const int8_t *input; /* NULL in stream mode */
     tt_fb_row_source source;
     void *source_ctx;
-    const int32_t *lead_bias, *dw_bias, *proj_bias;
     int8_t *window; /* lead window (NULL for a direct lead) */
-    int direct;
-    int lead_mode, dw_mode, proj_mode; /* TT_PATCH_* of each stage's weight patch */
 } fb_run;
 
-/* The patch of a stage in the mode the checks found (n = 0 and NULL arrays: none). */
-typedef struct {
-    int32_t n;
-    const uint16_t *ch;
-    const int8_t *wt;
-} fb_patch;
-
-static fb_patch stage_patch(const tt_fb_stage *st, int mode) {
-    fb_patch r = {0, NULL, NULL};
-    if (mode != TT_PATCH_NONE) {
-        r.n = st->patch->n;
-        r.ch = st->patch->ch;
-        r.wt = st->patch->w_train;
-    }
-    return r;
-}
-
-/* Output row j of the lead convolution (mid_w x mid_c) into dst. */
-static void lead_row(const fb_run *run, int32_t j, int8_t *dst) {
-    const tt_fused_block_params *p = run->p;
+/* The input rows of lead output row j: row ky of its window starts at the returned
+ * pointer + ky * *row_stride (a direct lead: the input row itself; otherwise the lead
+ * window, filled here with the padded input rows). */
+static const int8_t *lead_rows(const fb_run *run, int32_t j, size_t *row_stride) {
+    const tt_fused_block_params *p = run->c.p;
     const tt_fb_window *g = &p->lead_win;
-    const tt_fb_stage *st = &p->lead;
     const int32_t cin = p->in_c;
-    const int8_t *rows; /* row ky of the window starts at rows + ky * row_stride */
-    size_t row_stride;
-    if (run->direct) {
-        rows = run->input + (size_t)j * (size_t)p->in_w * (size_t)cin;
-        row_stride = 0;
-    } else {
-        const int32_t pw = padded_w(&p->lead_pad, p->in_w);
-        const int32_t col0 = pad_before_w(&p->lead_pad);
-        row_stride = (size_t)pw * (size_t)cin;
-        for (int32_t ky = 0; ky < g->kh; ++ky) {
-            int8_t *wrow = run->window + (size_t)ky * row_stride;
-            int32_t r = j * g->sh + ky * g->dh;
-            int32_t s = padded_source(&p->lead_pad, p->in_h, r);
-            if (s < 0) {
-                fill_padding(&p->lead_pad, p->in_w, cin, -1 - s, wrow);
-                continue;
-            }
-            fill_padding(&p->lead_pad, p->in_w, cin, -1, wrow);
-            int8_t *src_cols = wrow + (size_t)col0 * (size_t)cin;
-            if (run->source != NULL) {
-                run->source(run->source_ctx, s, src_cols);
-            } else {
-                memcpy(src_cols, run->input + (size_t)s * (size_t)p->in_w * (size_t)cin, (size_t)p->in_w * (size_t)cin);
-            }
-        }
-        rows = run->window;
+    if (run->c.direct) {
+        *row_stride = 0;
+        return run->input + (size_t)j * (size_t)p->in_w * (size_t)cin;
     }
-    const int32_t zp = st->input_zp;
-    const int32_t taps_row = g->kw * cin; /* weights per (output channel, ky) */
-    const fb_patch pt = stage_patch(st, run->lead_mode);
-    const size_t taps = (size_t)g->kh * (size_t)g->kw;
-    for (int32_t ox = 0; ox < p->mid_w; ++ox) {
-        const size_t px0 = (size_t)ox * (size_t)g->sw * (size_t)cin;
-        for (int32_t co = 0; co < p->mid_c; ++co) {
-            const int8_t *w = st->weights + (size_t)co * (size_t)g->kh * (size_t)taps_row;
-            const int8_t *wt = pt.n != 0 ? pt.wt + (size_t)co * taps * (size_t)pt.n : NULL;
-            uint32_t acc = 0;
-            for (int32_t ky = 0; ky < g->kh; ++ky) {
-                const int8_t *row = rows + (size_t)ky * row_stride + px0;
-                for (int32_t kx = 0; kx < g->kw; ++kx) {
-                    const int8_t *px = row + (size_t)kx * (size_t)g->dw * (size_t)cin;
-                    acc += tt_dot_patched_s8(px, -zp, w, cin, run->lead_mode, wt, pt.ch, pt.n);
-                    w += cin;
-                    if (wt != NULL) {
-                        wt += pt.n;
-                    }
-                }
-            }
-            int32_t bias = run->lead_bias != NULL ? run->lead_bias[co] : 0;
-            dst[(size_t)ox * (size_t)p->mid_c + (size_t)co] = requantize(
-                tt_wrap32((int64_t)acc), bias, st->multiplier[co], st->shift[co], st->output_zp, st->act_min,
-                st->act_max);
+    const int32_t pw = padded_w(&p->lead_pad, p->in_w);
+    const int32_t col0 = pad_before_w(&p->lead_pad);
+    *row_stride = (size_t)pw * (size_t)cin;
+    for (int32_t ky = 0; ky < g->kh; ++ky) {
+        int8_t *wrow = run->window + (size_t)ky * *row_stride;
+        int32_t r = j * g->sh + ky * g->dh;
+        int32_t s = padded_source(&p->lead_pad, p->in_h, r);
+        if (s < 0) {
+            fill_padding(&p->lead_pad, p->in_w, cin, -1 - s, wrow);
+            continue;
+        }
+        fill_padding(&p->lead_pad, p->in_w, cin, -1, wrow);
+        int8_t *src_cols = wrow + (size_t)col0 * (size_t)cin;
+        if (run->source != NULL) {
+            run->source(run->source_ctx, s, src_cols);
+        } else {
+            memcpy(src_cols, run->input + (size_t)s * (size_t)p->in_w * (size_t)cin, (size_t)p->in_w * (size_t)cin);
         }
     }
-}
-
-/* Depthwise output row oy (out_w x mid_c) from the ring into dst. */
-static void depthwise_row(const fb_run *run, const int8_t *ring, int32_t oy, int8_t *dst) {
-    const tt_fused_block_params *p = run->p;
-    const tt_fb_window *g = &p->dw_win;
-    const tt_fb_stage *st = &p->dw;
-    const int32_t c = p->mid_c;
-    const int32_t n_ring = ring_rows(g);
-    const size_t slot_bytes = (size_t)padded_w(&p->dw_pad, p->mid_w) * (size_t)c;
-    const int32_t base = (oy * g->sh) % n_ring;
-    const int32_t zp = st->input_zp;
-    const fb_patch pt = stage_patch(st, run->dw_mode);
-    for (int32_t ox = 0; ox < p->out_w; ++ox) {
-        const size_t px0 = (size_t)ox * (size_t)g->sw * (size_t)c;
-        int32_t j = 0; /* patch cursor: pt.ch[j] is the next patched channel */
-        for (int32_t ch = 0; ch < c; ++ch) {
-            int32_t acc = 0;
-            const int8_t *w = st->weights + ch;
-            size_t ws = (size_t)c; /* weight stride between taps */
-            if (j < pt.n && (int32_t)pt.ch[j] == ch) {
-                w = pt.wt + j;
-                ws = (size_t)pt.n;
-                ++j;
-            }
-            for (int32_t ky = 0; ky < g->kh; ++ky) {
-                int32_t slot = base + ky * g->dh;
-                if (slot >= n_ring) {
-                    slot -= n_ring;
-                }
-                const int8_t *px = ring + (size_t)slot * slot_bytes + px0 + (size_t)ch;
-                for (int32_t kx = 0; kx < g->kw; ++kx) {
-                    acc += (int32_t)*w * ((int32_t)*px - zp);
-                    w += ws;
-                    px += (size_t)g->dw * (size_t)c;
-                }
-            }
-            int32_t bias = run->dw_bias != NULL ? run->dw_bias[ch] : 0;
-            dst[(size_t)ox * (size_t)c + (size_t)ch] =
-                requantize(acc, bias, st->multiplier[ch], st->shift[ch], st->output_zp, st->act_min, st->act_max);
-        }
-    }
-}
-
-/* 1x1 projection of a depthwise row (out_w x mid_c) into dst (out_w x out_c). */
-static void project_row(const fb_run *run, const int8_t *dw_row, int8_t *dst) {
-    const tt_fused_block_params *p = run->p;
-    const tt_fb_stage *st = &p->proj;
-    const int32_t cin = p->mid_c;
-    const int32_t zp = st->input_zp;
-    const fb_patch pt = stage_patch(st, run->proj_mode);
-    for (int32_t ox = 0; ox < p->out_w; ++ox) {
-        const int8_t *in = dw_row + (size_t)ox * (size_t)cin;
-        for (int32_t co = 0; co < p->out_c; ++co) {
-            const int8_t *w = st->weights + (size_t)co * (size_t)cin;
-            int32_t acc;
-            if (run->proj_mode == TT_PATCH_NONE) {
-                acc = 0;
-                for (int32_t ci = 0; ci < cin; ++ci) {
-                    acc += (int32_t)w[ci] * ((int32_t)in[ci] - zp);
-                }
-            } else {
-                const int8_t *wt = pt.wt + (size_t)co * (size_t)pt.n;
-                acc = tt_wrap32((int64_t)tt_dot_patched_s8(in, -zp, w, cin, run->proj_mode, wt, pt.ch, pt.n));
-            }
-            int32_t bias = run->proj_bias != NULL ? run->proj_bias[co] : 0;
-            dst[(size_t)ox * (size_t)p->out_c + (size_t)co] =
-                requantize(acc, bias, st->multiplier[co], st->shift[co], st->output_zp, st->act_min, st->act_max);
-        }
-    }
+    return run->window;
 }
 
 /* TFLite Micro's int8 ADD of n values: out = ADD(x, proj). out may alias x. */
@@ -458,22 +335,25 @@ static tt_status run_block(const tt_fused_block_params *p, const int8_t *input, 
         (lead_mask != NULL && !p->has_lead)) {
         return TT_ERR_ARG;
     }
+    const tt_fb_window *g = &p->dw_win;
     fb_run run;
-    run.p = p;
+    run.c.p = p;
+    run.c.lead_bias = lead_bias;
+    run.c.dw_bias = dw_bias;
+    run.c.proj_bias = proj_bias;
+    run.c.direct = p->has_lead && lead_is_direct(p);
+    run.c.lead_mode = TT_PATCH_NONE;
+    if (p->has_lead) {
+        (void)tt_patch_check(p->lead.patch, p->in_c, &run.c.lead_mode); /* validated by check_params */
+    }
+    (void)tt_patch_check(p->dw.patch, p->mid_c, &run.c.dw_mode);
+    (void)tt_patch_check(p->proj.patch, p->mid_c, &run.c.proj_mode);
+    run.c.n_ring = ring_rows(g);
+    run.c.slot_bytes = (size_t)padded_w(&p->dw_pad, p->mid_w) * (size_t)p->mid_c;
     run.input = input;
     run.source = source;
     run.source_ctx = source_ctx;
-    run.lead_bias = lead_bias;
-    run.dw_bias = dw_bias;
-    run.proj_bias = proj_bias;
-    run.direct = p->has_lead && lead_is_direct(p);
-    run.lead_mode = TT_PATCH_NONE;
-    if (p->has_lead) {
-        (void)tt_patch_check(p->lead.patch, p->in_c, &run.lead_mode); /* validated by check_params */
-    }
-    (void)tt_patch_check(p->dw.patch, p->mid_c, &run.dw_mode);
-    (void)tt_patch_check(p->proj.patch, p->mid_c, &run.proj_mode);
-    if (source != NULL && (p->has_add || run.direct)) {
+    if (source != NULL && (p->has_add || run.c.direct)) {
         return TT_ERR_ARG; /* the input rows would be needed outside the scratch */
     }
     const fb_scratch parts = scratch_parts(p);
@@ -493,9 +373,8 @@ static tt_status run_block(const tt_fused_block_params *p, const int8_t *input, 
         memset(proj_mask, 0, mask_bytes(p->out_h, p->out_w, p->out_c));
     }
 
-    const tt_fb_window *g = &p->dw_win;
-    const int32_t n_ring = ring_rows(g);
-    const size_t slot_bytes = (size_t)padded_w(&p->dw_pad, p->mid_w) * (size_t)p->mid_c;
+    const int32_t n_ring = run.c.n_ring;
+    const size_t slot_bytes = run.c.slot_bytes;
     const size_t col0 = (size_t)pad_before_w(&p->dw_pad) * (size_t)p->mid_c;
     const size_t mid_row = (size_t)p->mid_w * (size_t)p->mid_c;
     const size_t dw_row_n = (size_t)p->out_w * (size_t)p->mid_c;
@@ -512,7 +391,9 @@ static tt_status run_block(const tt_fused_block_params *p, const int8_t *input, 
             }
             fill_padding(&p->dw_pad, p->mid_w, p->mid_c, -1, slot);
             if (p->has_lead) {
-                lead_row(&run, s, slot + col0);
+                size_t row_stride;
+                const int8_t *rows = lead_rows(&run, s, &row_stride);
+                tt_fb_lead_row(&run.c, rows, row_stride, slot + col0);
                 emit_mask(lead_mask, (size_t)s * mid_row, slot + col0, (int32_t)mid_row, p->lead.mask_lo,
                           p->lead.mask_hi);
             } else if (source != NULL) {
@@ -524,11 +405,11 @@ static tt_status run_block(const tt_fused_block_params *p, const int8_t *input, 
         if (top + n_ring > next_row) {
             next_row = top + n_ring;
         }
-        depthwise_row(&run, ring, oy, dw_row);
+        tt_fb_depthwise_row(&run.c, ring, oy, dw_row);
         emit_mask(dw_mask, (size_t)oy * dw_row_n, dw_row, (int32_t)dw_row_n, p->dw.mask_lo, p->dw.mask_hi);
         int8_t *out = output + (size_t)oy * out_row;
         int8_t *proj = p->has_add ? proj_row : out;
-        project_row(&run, dw_row, proj);
+        tt_fb_project_row(&run.c, dw_row, proj);
         emit_mask(proj_mask, (size_t)oy * out_row, proj, (int32_t)out_row, p->proj.mask_lo, p->proj.mask_hi);
         if (p->has_add) {
             add_row(&p->add, input + (size_t)oy * out_row, proj, out, (int32_t)out_row);

@@ -1,5 +1,6 @@
 /* Row-streamed fused backward of expansion CONV_2D E -> DEPTHWISE_CONV_2D D; see tt_fused_bwd.h. */
 #include "tt_fused_bwd.h"
+#include "tt_fused_bwd_core.h"
 
 #include "tt_fixedpoint.h"
 
@@ -8,32 +9,9 @@
 #define MAX_DROP 14
 #define Q15_ONE 32768
 
-typedef struct ed_ctx ed_ctx;
-
-/* The source of D's output-gradient rows: row oy (d_out_w × C int16, before D's clamp
- * mask). Sweeps read rows in non-decreasing windows of at most ceil(kh_D / sh_D) rows
- * (fused_bwd.py:dw_reads); a caching source (a fused projection P's ring of recomputed
- * rows, fused_bwd_project.py) restarts at each sweep through the sweep hook. */
-typedef const int16_t *(*ed_row_fn)(const ed_ctx *x, int32_t oy);
-typedef void (*ed_sweep_fn)(const ed_ctx *x, int sweep, int begin);
-
-/* Run-time view of one call: the params, the inputs, the row source and the scratch regions. */
-struct ed_ctx {
-    const tt_fused_ed_params *p;
-    const int16_t *g_d;    /* D's whole output gradient (the plain row source) */
-    ed_row_fn d_row;       /* D's output-gradient rows */
-    ed_sweep_fn sweep;     /* NULL, or called before (begin = 1) and after each sweep 1..3 */
-    void *src;             /* the row source's own state (NULL for the plain source) */
-    const uint8_t *mask_d; /* NULL: no mask */
-    const uint8_t *mask_e; /* NULL: no mask */
-    const tt_fbwd_weights *w_d;
-    const tt_fbwd_weights *w_e;
-    const int8_t *x_sub;
-    int64_t *bias_grad; /* [C] or NULL */
-    int64_t *w_grad;    /* [C·kh·kw·n] or NULL */
-    uint32_t *acc_d;    /* [W·C]: one row of D's input-gradient sums, modulo 2^32 */
-    uint32_t *acc_e;    /* [W·Cin] or NULL: one row of E's input-gradient sums, modulo 2^32 */
-};
+/* The row source and run-time context (ed_row_fn / ed_sweep_fn hooks): tt_fused_bwd_core.h,
+ * shared with the fused P->D->E backward (tt_fused_pde_bwd.c). */
+typedef tt_ed_ctx ed_ctx;
 
 #include "tt_grad.h" /* tt_grad_shift_u64 */
 
@@ -326,7 +304,7 @@ static int valid_params(const tt_fused_ed_params *p) {
 
 /* Passes 1-3 from D's output-gradient rows with exponent e_d: E's parameter gradients in
  * the scratch, E's input gradient, the exponents (numpy: fused_bwd.stream_expand_backward). */
-static void stream_expand(const ed_ctx *x, int64_t e_d, int16_t *g_in, int32_t *e_in, int32_t *e_param) {
+void tt_fused_ed_stream(const ed_ctx *x, int64_t e_d, int16_t *g_in, int32_t *e_in, int32_t *e_param) {
     const tt_fused_ed_params *p = x->p;
 
     /* Pass 1: the global max of D's input-gradient sums. */
@@ -376,35 +354,56 @@ static void stream_expand(const ed_ctx *x, int64_t e_d, int16_t *g_in, int32_t *
     }
 }
 
-/* Twin of tinytrain/train/kernels/fused_bwd.py:run_fused_expand_dw_backward (E's results;
- * D's parameter gradients come from the unfused kernels). */
-tt_status tt_fused_ed_bwd_s16(const tt_fused_ed_params *p, const int16_t *g_d, int32_t e_d, const uint8_t *mask_d,
-                              const uint8_t *mask_e, const tt_fbwd_weights *w_d, const tt_fbwd_weights *w_e,
-                              const int8_t *x_sub_e, int16_t *g_in, int32_t *e_in, int32_t *e_param, void *scratch) {
-    if (p == NULL || g_d == NULL || e_param == NULL || scratch == NULL || !valid_params(p) ||
-        !valid_weights(w_d, p->channels) || (p->d_mask && mask_d == NULL) || (p->e_mask && mask_e == NULL) ||
-        (p->e_weight_n > 0 && x_sub_e == NULL)) {
+tt_status tt_fused_ed_ctx_init(ed_ctx *x, const tt_fused_ed_params *p, const uint8_t *mask_d, const uint8_t *mask_e,
+                               const tt_fbwd_weights *w_d, const tt_fbwd_weights *w_e, const int8_t *x_sub_e,
+                               int16_t *g_in, int32_t *e_in, void *scratch) {
+    if (x == NULL || p == NULL || scratch == NULL || !valid_params(p) || !valid_weights(w_d, p->channels) ||
+        (p->d_mask && mask_d == NULL) || (p->e_mask && mask_e == NULL) || (p->e_weight_n > 0 && x_sub_e == NULL)) {
         return TT_ERR_ARG;
     }
     if (p->e_input_grad && (g_in == NULL || e_in == NULL || !valid_weights(w_e, p->e_cin))) {
         return TT_ERR_ARG;
     }
-    ed_ctx x;
-    x.p = p;
-    x.g_d = g_d;
-    x.d_row = whole_d_row;
-    x.sweep = NULL;
-    x.src = NULL;
-    x.mask_d = p->d_mask ? mask_d : NULL;
-    x.mask_e = p->e_mask ? mask_e : NULL;
-    x.w_d = w_d;
-    x.w_e = w_e;
-    x.x_sub = x_sub_e;
-    x.bias_grad = tt_fused_ed_bias_grad(p, scratch);
-    x.w_grad = tt_fused_ed_weight_grad(p, scratch);
+    x->p = p;
+    x->g_d = NULL;
+    x->d_row = whole_d_row;
+    x->sweep = NULL;
+    x->src = NULL;
+    x->mask_d = p->d_mask ? mask_d : NULL;
+    x->mask_e = p->e_mask ? mask_e : NULL;
+    x->w_d = w_d;
+    x->w_e = w_e;
+    x->x_sub = x_sub_e;
+    x->bias_grad = tt_fused_ed_bias_grad(p, scratch);
+    x->w_grad = tt_fused_ed_weight_grad(p, scratch);
     uint8_t *rows = (uint8_t *)scratch + bias_bytes(p) + wgrad_bytes(p);
-    x.acc_d = (uint32_t *)rows;
-    x.acc_e = p->e_input_grad ? (uint32_t *)(rows + (size_t)4 * (size_t)p->width * (size_t)p->channels) : NULL;
-    stream_expand(&x, (int64_t)e_d, g_in, e_in, e_param);
+    x->acc_d = (uint32_t *)rows;
+    x->acc_e = p->e_input_grad ? (uint32_t *)(rows + (size_t)4 * (size_t)p->width * (size_t)p->channels) : NULL;
+    return TT_OK;
+}
+
+int tt_fbwd_valid_weights(const tt_fbwd_weights *w, int32_t channels) {
+    return valid_weights(w, channels);
+}
+
+int tt_fbwd_valid_mu(const int32_t *mu, int32_t n) {
+    return valid_mu(mu, n);
+}
+
+/* Twin of tinytrain/train/kernels/fused_bwd.py:run_fused_expand_dw_backward (E's results;
+ * D's parameter gradients come from the unfused kernels). */
+tt_status tt_fused_ed_bwd_s16(const tt_fused_ed_params *p, const int16_t *g_d, int32_t e_d, const uint8_t *mask_d,
+                              const uint8_t *mask_e, const tt_fbwd_weights *w_d, const tt_fbwd_weights *w_e,
+                              const int8_t *x_sub_e, int16_t *g_in, int32_t *e_in, int32_t *e_param, void *scratch) {
+    if (g_d == NULL || e_param == NULL) {
+        return TT_ERR_ARG;
+    }
+    ed_ctx x;
+    const tt_status st = tt_fused_ed_ctx_init(&x, p, mask_d, mask_e, w_d, w_e, x_sub_e, g_in, e_in, scratch);
+    if (st != TT_OK) {
+        return st;
+    }
+    x.g_d = g_d;
+    tt_fused_ed_stream(&x, (int64_t)e_d, g_in, e_in, e_param);
     return TT_OK;
 }

@@ -3,13 +3,23 @@
  */
 #include "tt_grad.h"
 
-/* Twin of tinytrain.train.kernels.gradient.normalize (int32 accumulators). */
-tt_status tt_normalize_s32(const int32_t *acc, int32_t n, int32_t e_acc, int32_t bits, int16_t *g, int32_t *e) {
+/* The argument checks of tt_normalize_s32 and tt_normalize_s64. */
+static tt_status normalize_check(const void *acc, int32_t n, int32_t e_acc, int32_t bits, const int16_t *g,
+                                 const int32_t *e) {
     if (n < 0 || bits < 1 || bits > TT_GRAD_BITS || e == NULL || (n > 0 && (acc == NULL || g == NULL))) {
         return TT_ERR_ARG;
     }
     if (!tt_grad_exp_ok(e_acc)) {
         return TT_ERR_RANGE;
+    }
+    return TT_OK;
+}
+
+/* Twin of tinytrain.train.kernels.gradient.normalize (int32 accumulators). */
+tt_status tt_normalize_s32(const int32_t *acc, int32_t n, int32_t e_acc, int32_t bits, int16_t *g, int32_t *e) {
+    const tt_status st = normalize_check(acc, n, e_acc, bits, g, e);
+    if (st != TT_OK) {
+        return st;
     }
     uint32_t m = 0u;
     for (int32_t i = 0; i < n; ++i) {
@@ -26,11 +36,9 @@ tt_status tt_normalize_s32(const int32_t *acc, int32_t n, int32_t e_acc, int32_t
 
 /* Twin of tinytrain.train.kernels.gradient.normalize (int64 accumulators). */
 tt_status tt_normalize_s64(const int64_t *acc, int32_t n, int32_t e_acc, int32_t bits, int16_t *g, int32_t *e) {
-    if (n < 0 || bits < 1 || bits > TT_GRAD_BITS || e == NULL || (n > 0 && (acc == NULL || g == NULL))) {
-        return TT_ERR_ARG;
-    }
-    if (!tt_grad_exp_ok(e_acc)) {
-        return TT_ERR_RANGE;
+    const tt_status st = normalize_check(acc, n, e_acc, bits, g, e);
+    if (st != TT_OK) {
+        return st;
     }
     uint64_t m = 0u;
     for (int32_t i = 0; i < n; ++i) {

@@ -38,7 +38,7 @@ order as unfused) must run after the last pass: passes 2 and 3 read the old ``w_
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -72,13 +72,35 @@ class FusedExpandDwParams:
 
     @property
     def kd(self) -> LinearBwdParams:
-        k: LinearBwdParams = self.d.kernel
-        return k
+        return linear_kernel(self.d)
 
     @property
     def ke(self) -> LinearBwdParams:
-        k: LinearBwdParams = self.e.kernel
-        return k
+        return linear_kernel(self.e)
+
+
+def linear_kernel(bp: BackwardParams) -> LinearBwdParams:
+    """The kernel params of a convolution's backward (:class:`LinearBwdParams`)."""
+    k: LinearBwdParams = bp.kernel
+    return k
+
+
+def is_unit_pointwise(g: Geometry) -> bool:
+    """Whether ``g`` is a 1×1, stride-1, unpadded convolution's geometry."""
+    return (g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, g.pad_bottom, g.pad_right) == (1, 1, 1, 1, 0, 0, 0, 0)
+
+
+def own_param_grads(bp: BackwardParams, g_y: Grad, saved: Saved) -> tuple[Grad, BackwardResult]:
+    """The unfused parameter gradients of ``bp`` (a convolution) from its whole output gradient
+    ``g_y``: (``g_y`` masked by the saved clamp mask, the result without input gradients)."""
+    k = linear_kernel(bp)
+    g_m = apply_mask(g_y, saved.mask) if bp.clamp is not None and saved.mask is not None else g_y
+    wg = None
+    if bp.request.weight_channels:
+        assert saved.x_sub is not None
+        wg = linear_bwd.weight_grad(k, g_m, saved.x_sub, bp.request.weight_channels)
+    bg = linear_bwd.bias_grad(k, g_m) if bp.request.bias else None
+    return g_m, BackwardResult({}, wg, bg, g_y.e)
 
 
 def fused_scratch_bytes(
@@ -126,7 +148,7 @@ def prepare_fused_expand_dw_backward(e: BackwardParams, d: BackwardParams) -> Fu
     if not e_in and not e.request.bias and not e.request.weight_channels:
         raise UsageError(f"{e.op.describe()}: its backward computes nothing")
     g = ke.geom
-    if e_in and (g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, g.pad_bottom, g.pad_right) != (1, 1, 1, 1, 0, 0, 0, 0):
+    if e_in and not is_unit_pointwise(g):
         raise UsageError(f"{e.op.describe()}: a row-streamed input gradient needs a 1×1, stride-1, unpadded conv")
     _, h, w, c = kd.in_shape
     scratch = fused_scratch_bytes(
@@ -272,13 +294,11 @@ class DwRows:
         return g
 
 
-def _conv_weight_grad_row(ke: LinearBwdParams, oy: int, g_row: np.ndarray, xs: np.ndarray, acc: np.ndarray) -> None:
-    """Adds E's output row ``oy`` to its weight gradient ``acc`` (``cout × kh × kw × n``);
-    ``xs``: the saved input channels minus the zero point (``H_in × W_in × n``)."""
-    g = ke.geom
-    assert g is not None
+def tap_columns(g: Geometry, oy: int, xs: np.ndarray) -> Iterator[tuple[int, int, int, int, np.ndarray]]:
+    """The taps of output row ``oy`` inside the input ``xs`` (``H_in × W_in × ...``): for each,
+    ``(ky, kx, lo, hi, cols)`` with the output columns ``[lo, hi)`` (non-empty) and the input
+    columns ``cols`` they read (a strided view of ``xs``)."""
     h_in, w_in = xs.shape[0], xs.shape[1]
-    gf = g_row.astype(np.float64)
     for ky in range(g.kh):
         iy = oy * g.sh + ky - g.pad_top
         if not 0 <= iy < h_in:
@@ -286,8 +306,17 @@ def _conv_weight_grad_row(ke: LinearBwdParams, oy: int, g_row: np.ndarray, xs: n
         for kx in range(g.kw):
             lo, hi, x0 = col_range(g, kx, g.pad_left, g.sw, g.out_w, w_in)
             if hi > lo:
-                cols = xs[iy, x0 : x0 + (hi - lo - 1) * g.sw + 1 : g.sw].astype(np.float64)
-                acc[:, ky, kx, :] += (gf[lo:hi].T @ cols).astype(np.int64)
+                yield ky, kx, lo, hi, xs[iy, x0 : x0 + (hi - lo - 1) * g.sw + 1 : g.sw]
+
+
+def _conv_weight_grad_row(ke: LinearBwdParams, oy: int, g_row: np.ndarray, xs: np.ndarray, acc: np.ndarray) -> None:
+    """Adds E's output row ``oy`` to its weight gradient ``acc`` (``cout × kh × kw × n``);
+    ``xs``: the saved input channels minus the zero point (``H_in × W_in × n``)."""
+    g = ke.geom
+    assert g is not None
+    gf = g_row.astype(np.float64)
+    for ky, kx, lo, hi, cols in tap_columns(g, oy, xs):
+        acc[:, ky, kx, :] += (gf[lo:hi].T @ cols.astype(np.float64)).astype(np.int64)
 
 
 # ------------------------------------------------------------------ run time
@@ -405,13 +434,7 @@ def run_fused_expand_dw_backward(
     check_fused_inputs(p, saved_d, saved_e, w_e)
 
     # D's own parameter gradients: the unfused kernels on D's masked output gradient.
-    g_dm = apply_mask(g_d, saved_d.mask) if p.d.clamp is not None and saved_d.mask is not None else g_d
-    wg_d = None
-    if p.d.request.weight_channels:
-        assert saved_d.x_sub is not None
-        wg_d = linear_bwd.weight_grad(kd, g_dm, saved_d.x_sub, p.d.request.weight_channels)
-    bg_d = linear_bwd.bias_grad(kd, g_dm) if p.d.request.bias else None
-    res_d = BackwardResult({}, wg_d, bg_d, g_d.e)
+    _, res_d = own_param_grads(p.d, g_d, saved_d)
 
     g_rows = g_d.g.reshape(gd.out_h, gd.out_w, p.channels)
     rows = DwRows(p, lambda oy: g_rows[oy], saved_d, saved_e, w_d)

@@ -65,21 +65,23 @@ from tinytrain.errors import UsageError
 from tinytrain.ir.ops import OpKind
 from tinytrain.sim.fixedpoint import rounding_divide_by_pot, wrap_int32
 from tinytrain.train.grad_rules import BackwardParams, BackwardResult, Saved
-from tinytrain.train.kernels import linear_bwd
 from tinytrain.train.kernels.fused_bwd import (
     PARAM_GRAD_BYTES,
     DwRows,
     FusedExpandDwParams,
     check_fused_inputs,
-    col_range,
     dw_reads,
     grad_shift,
+    is_unit_pointwise,
+    linear_kernel,
     norm_row,
+    own_param_grads,
     stream_expand_backward,
+    tap_columns,
 )
 from tinytrain.train.kernels.gradient import Grad, max_abs
 from tinytrain.train.kernels.linear_bwd import Q15_BITS, LinearBwdParams
-from tinytrain.train.kernels.mask import apply_mask, mask_nbytes
+from tinytrain.train.kernels.mask import mask_nbytes
 
 GRAD_BYTES = 2  # int16 gradient mantissa
 
@@ -99,8 +101,7 @@ class FusedProjectParams:
 
     @property
     def kp(self) -> LinearBwdParams:
-        k: LinearBwdParams = self.p.kernel
-        return k
+        return linear_kernel(self.p)
 
 
 def project_scratch_bytes(
@@ -135,7 +136,7 @@ def prepare_fused_project_backward(
     kd = inner.kd
     g = kp.geom
     assert g is not None and kd.geom is not None
-    if (g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, g.pad_bottom, g.pad_right) != (1, 1, 1, 1, 0, 0, 0, 0):
+    if not is_unit_pointwise(g):
         raise UsageError(f"{p.op.describe()}: a row-streamed projection backward needs a 1×1, stride-1, unpadded conv")
     if tuple(kp.in_shape) != tuple(kd.out_shape):
         raise UsageError(
@@ -223,16 +224,8 @@ def _dw_weight_grad_row(kd: LinearBwdParams, oy: int, g_row: np.ndarray, xs: np.
     (``H × W × n``), ``channels``' columns of ``g_row`` already selected."""
     g = kd.geom
     assert g is not None
-    h_in, w_in = xs.shape[0], xs.shape[1]
-    for ky in range(g.kh):
-        iy = oy * g.sh + ky - g.pad_top
-        if not 0 <= iy < h_in:
-            continue
-        for kx in range(g.kw):
-            lo, hi, x0 = col_range(g, kx, g.pad_left, g.sw, g.out_w, w_in)
-            if hi > lo:
-                cols = xs[iy, x0 : x0 + (hi - lo - 1) * g.sw + 1 : g.sw]
-                acc[ky, kx] += (g_row[lo:hi] * cols).sum(axis=0)
+    for ky, kx, lo, hi, cols in tap_columns(g, oy, xs):
+        acc[ky, kx] += (g_row[lo:hi] * cols).sum(axis=0)
 
 
 def run_fused_project_backward(
@@ -248,7 +241,10 @@ def run_fused_project_backward(
     """``(E's input gradient | None, P's result, D's result, E's result)``, byte-identical
     to ``run_backward`` of P (on ``g_p``, P's output gradient before P's clamp mask), of D
     (on P's input gradient) and of E (on D's input gradient). P's and D's results have no
-    input gradient (neither ever exists); E's holds E's input gradient when requested."""
+    input gradient (neither ever exists); E's holds E's input gradient when requested.
+
+    C twin: tt_fused_pde_bwd_s16 in firmware_templates/runtime/src/tt_fused_pde_bwd.c.
+    """
     inner, kp = fp.inner, fp.kp
     kd = inner.kd
     if g_p.shape != tuple(kp.out_shape):
@@ -263,13 +259,7 @@ def run_fused_project_backward(
     check_fused_inputs(inner, saved_d, saved_e, w_e)
 
     # P's own parameter gradients: the unfused kernels on P's (whole) masked output gradient.
-    g_pm = apply_mask(g_p, saved_p.mask) if fp.p.clamp is not None and saved_p.mask is not None else g_p
-    wg_p = None
-    if fp.p.request.weight_channels:
-        assert saved_p.x_sub is not None
-        wg_p = linear_bwd.weight_grad(kp, g_pm, saved_p.x_sub, fp.p.request.weight_channels)
-    bg_p = linear_bwd.bias_grad(kp, g_pm) if fp.p.request.bias else None
-    res_p = BackwardResult({}, wg_p, bg_p, g_p.e)
+    g_pm, res_p = own_param_grads(fp.p, g_p, saved_p)
 
     prow = _ProjectRows(fp, g_pm, w_p)
     rows = DwRows(inner, prow.d_row, saved_d, saved_e, w_d)
