@@ -44,7 +44,7 @@ from tinytrain.testing.c_fused_block import (
 from tinytrain.testing.cbuild import RUNTIME_INCLUDE, RUNTIME_SRC, build_shared, load_runtime
 from tinytrain.train.kernels.mask import pack_mask
 
-SOURCE = RUNTIME_SRC / "tt_fused_block.c"
+SOURCES = [RUNTIME_SRC / "tt_fused_block.c", RUNTIME_SRC / "tt_fused_block_stages.c"]
 TT_ERR_ARG, TT_ERR_SHAPE = 1, 2
 FMNIST128 = "mbv2-w0.35-128-fmnist04-int8.tflite"
 
@@ -485,7 +485,7 @@ def test_ubsan_build_agrees(tmp_path_factory: pytest.TempPathFactory) -> None:
     """UndefinedBehaviorSanitizer (any report aborts) on wrapping biases, extreme zero points, stems."""
     try:
         flags = ("-fsanitize=undefined", "-fno-sanitize-recover=all")
-        path = build_shared([SOURCE], tmp_path_factory.mktemp("ubsan"), extra_flags=flags, name="tt_fb_ubsan")
+        path = build_shared(SOURCES, tmp_path_factory.mktemp("ubsan"), extra_flags=flags, name="tt_fb_ubsan")
     except Exception as e:  # pragma: no cover - toolchain without libubsan
         pytest.skip(f"no UBSan build: {e}")
     ub = declare(ctypes.CDLL(str(path)))
@@ -501,12 +501,13 @@ def test_cortex_m4_compiles(tmp_path: Path) -> None:
         pytest.skip("arm-none-eabi-gcc not installed")
     flags = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16", "-std=c99", "-ffp-contract=off",
              "-Wall", "-Wextra", "-Werror", "-O2", "-c"]  # fmt: skip
-    obj = tmp_path / "tt_fused_block.o"
-    cmd = [cc, *flags, f"-I{RUNTIME_INCLUDE}", str(SOURCE), "-o", str(obj)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    # integer only: no floating-point instruction or soft-float call in the object
-    dump = subprocess.run([shutil.which("arm-none-eabi-objdump") or "arm-none-eabi-objdump", "-d", str(obj)],
-                          capture_output=True, text=True)  # fmt: skip
-    if dump.returncode == 0:
-        assert not any(m in dump.stdout for m in ("vmul.f", "vadd.f", "vcvt", "__aeabi_f", "__aeabi_d"))
+    for source in SOURCES:
+        obj = tmp_path / f"{source.stem}.o"
+        cmd = [cc, *flags, f"-I{RUNTIME_INCLUDE}", str(source), "-o", str(obj)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        # integer only: no floating-point instruction or soft-float call in the object
+        dump = subprocess.run([shutil.which("arm-none-eabi-objdump") or "arm-none-eabi-objdump", "-d", str(obj)],
+                              capture_output=True, text=True)  # fmt: skip
+        if dump.returncode == 0:
+            assert not any(m in dump.stdout for m in ("vmul.f", "vadd.f", "vcvt", "__aeabi_f", "__aeabi_d"))

@@ -6,6 +6,9 @@
    0–4) with TTE's sparse-update scheme and a new 10-class head for a 256 KB device,
    then train it integer-only in the simulator on Fashion-MNIST (the device learns the
    classes it has never seen) and evaluate it.
+3. Firmware: build the generated C for the emulated Cortex-M7 board (sizes against the
+   plan), then run the same short training run on the simulator, the host-compiled C
+   and the firmware in QEMU, and check that the trained weights are the same bytes.
 
     python -m tinytrain.demo --out build/demo [--images 64] [--train-samples 1000] [--json]
 """
@@ -81,6 +84,7 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--train-samples", type=int, default=1000)
     ap.add_argument("--test-samples", type=int, default=500)
+    ap.add_argument("--device-samples", type=int, default=20, help="training steps run on every backend")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -104,6 +108,8 @@ def main() -> int:
     ok = all(r.bit_exact_samples == r.images for r in rows)
     console.print("[green]all outputs bit-exact with TFLite Micro[/]" if ok else "[red]MISMATCH with TFLite Micro[/]")
     status = _train(args, console)
+    if status == 0:
+        status = _firmware(args, console)
     return 0 if ok and status == 0 else 1
 
 
@@ -122,6 +128,41 @@ def _train(args: argparse.Namespace, console: Console) -> int:
          "--test-samples", str(args.test_samples), "--epochs", "1", "--lr", "0.01", "--seed", "0",
          "--plot", str(prog / "curves.png"), "--save-weights", str(prog / "trained.npz")]
     )
+
+
+def _firmware(args: argparse.Namespace, console: Console) -> int:
+    prog = args.out / "tte-program"
+    console.rule("[bold]tinytrain build --target qemu-m7 (generated C, reference kernels)")
+    status = cli(["build", str(prog), "--target", "qemu-m7"])
+    if status != 0:
+        return status
+    weights: dict[str, dict[str, np.ndarray]] = {}
+    for backend in ("sim", "host", "qemu-m7"):
+        n = args.device_samples
+        console.rule(f"[bold]tinytrain simulate --backend {backend}: {n} samples, same seed and order")
+        path = prog / f"weights-{backend}.npz"
+        status = cli(
+            ["simulate", str(prog), "--data", "fashion-mnist", "--train-samples", str(args.device_samples),
+             "--test-samples", "8", "--epochs", "1", "--lr", "0.01", "--seed", "0", "--backend", backend,
+             "--save-weights", str(path), "--quiet"]
+        )
+        if status != 0:
+            return status
+        with np.load(path) as z:
+            weights[backend] = {k: z[k] for k in z.files}
+    table = Table(title=f"trained tensors after {args.device_samples} steps, compared with the simulator")
+    for col in ("backend", "tensors", "bytes", "identical"):
+        table.add_column(col)
+    ref = weights["sim"]
+    same_all = True
+    for backend, w in weights.items():
+        same = w.keys() == ref.keys() and all(np.array_equal(w[k], ref[k]) for k in ref)
+        same_all &= same
+        table.add_row(backend, str(len(w)), str(sum(a.nbytes for a in w.values())), "yes" if same else "NO")
+    console.print(table)
+    agree = "[green]simulator, host C and Cortex-M7 firmware agree on every byte[/]"
+    console.print(agree if same_all else "[red]MISMATCH[/]")
+    return 0 if same_all else 1
 
 
 if __name__ == "__main__":

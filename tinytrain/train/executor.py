@@ -10,7 +10,7 @@ backward steps with their in-place updates.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,6 +43,7 @@ from tinytrain.train.kernels.fused_bwd import run_fused_expand_dw_backward
 from tinytrain.train.kernels.fused_bwd_project import run_fused_project_backward
 from tinytrain.train.kernels.gradient import Grad, normalize
 from tinytrain.train.kernels.loss import softmax_ce_grad
+from tinytrain.train.kernels.mask import apply_mask
 from tinytrain.train.kernels.prng import seed_state
 
 # Alignment of two gradients before they are summed (docs/numerics.md, "Gradient sum").
@@ -75,6 +76,16 @@ def update_prng_seed(seed: int) -> int:
     return fmix32((seed + 0x2545F491) % (1 << 32)) or 0x9E3779B9
 
 
+Observer = Callable[[str, int, str, "np.ndarray | Grad"], None]
+"""``observer(kind, op_index, tensor, value)``, called by :meth:`Executor.step` as values are
+produced (tools such as ``codegen/bisect.py``; None costs nothing). Kinds: ``act`` (an output
+of a live op), ``mask`` (the packed clamp mask of the op's output ``tensor``), ``saved`` (the
+trained channels of input ``tensor``), ``grad`` (``tensor``'s gradient: the loss gradient with
+op index -1, an op's input gradient, the sum after a second gradient, the output gradient after
+op's clamp mask), ``grad-sum`` (a second input gradient of ``tensor`` from op, before the sum),
+``train`` (the trained weight or bias ``tensor`` of op after its update)."""
+
+
 @dataclass(frozen=True)
 class StepResult:
     p_label: int  # probability of the label, in units of 2^-16 (loss = −ln(p/65536))
@@ -88,16 +99,24 @@ class Executor:
     ``momentum_q15`` > 0 keeps a momentum buffer per trained tensor (``v ← μ·v + g``,
     μ in Q15) and steps with ``v`` instead of the gradient.
     ``row_streamed`` runs fused backward steps with the device's row-streamed kernel
-    instead of the (byte-identical, faster) vectorised unfused kernels."""
+    instead of the (byte-identical, faster) vectorised unfused kernels. ``observer`` sees the
+    step's values (:data:`Observer`)."""
 
     def __init__(
-        self, program: TrainingProgram, seed: int, batch: int = 1, row_streamed: bool = False, momentum_q15: int = 0
+        self,
+        program: TrainingProgram,
+        seed: int,
+        batch: int = 1,
+        row_streamed: bool = False,
+        momentum_q15: int = 0,
+        observer: Observer | None = None,
     ) -> None:
         if not 1 <= batch <= MAX_BATCH:
             raise UsageError(f"batch must be in 1..{MAX_BATCH}, got {batch}")
         if not 0 <= momentum_q15 < 1 << 15:
             raise UsageError(f"momentum must be a Q15 value in [0, 32768), got {momentum_q15}")
         self.momentum_q15 = momentum_q15
+        self.observer = observer
         # Momentum buffers v (same format as the accumulators), per op: [weights, bias].
         self._mom: dict[int, list[tuple[GradAccumulator, AccState] | None]] = {}
         self.program = program
@@ -198,17 +217,28 @@ class Executor:
             if i in self.biases and len(args) > 2:
                 args[2] = self.biases[i]
             outs = KERNELS[op.kind].run(self._prepared[i], args)
+            obs = self.observer
             for name, y in zip(op.outputs, outs, strict=True):
                 values[name] = y
+                if obs is not None:
+                    obs("act", i, name, y)
             bstep = program.backward_of(i)
             if bstep is not None and (bstep.params.clamp is not None or bstep.params.save_channels):
                 src = bstep.target(0)
                 if src is not None and src != op.inputs[0]:
                     args = [values[src], *args[1:]]
                 saved[i] = save_forward(bstep.params, args, outs)
+                if obs is not None:
+                    sv = saved[i]
+                    if sv.mask is not None:
+                        obs("mask", i, op.outputs[0], sv.mask)
+                    if sv.x_sub is not None and src is not None:
+                        obs("saved", i, src, sv.x_sub)
         logits = values[program.logits]
         g_logits, p_label = softmax_ce_grad(program.loss, logits, label)
         grads: dict[str, Grad] = {program.logits: g_logits}
+        if self.observer is not None:
+            self.observer("grad", -1, program.logits, g_logits)
         c = np.int64(c_t)
         for bstep in program.backward:
             op = bstep.head.op
@@ -222,12 +252,18 @@ class Executor:
                 parts = self._fused_step(bstep, g_out, saved_parts)
             else:
                 weight = self._weight(bstep) if 0 in bstep.params.request.input_grads else self.weights.get(i)
-                parts = ((bstep, run_backward(bstep.params, g_out, saved.pop(i, Saved()), weight)),)
+                s_i = saved.pop(i, Saved())
+                self._observe_mask(bstep, g_out, s_i)
+                parts = ((bstep, run_backward(bstep.params, g_out, s_i, weight)),)
             for st, res in parts:
                 for k, g in res.input_grads.items():
                     target = st.target(k)
                     assert target is not None
+                    if self.observer is not None and target in grads:
+                        self.observer("grad-sum", st.op_index, target, g)
                     grads[target] = add_grads(grads[target], g) if target in grads else g
+                    if self.observer is not None:
+                        self.observer("grad", st.op_index, target, grads[target])
             for st, res in parts:  # updates after every gradient of the step (old weights), in op order
                 if not st.trains:
                     continue
@@ -247,6 +283,7 @@ class Executor:
                 if new_b is not None:
                     self.biases[j] = new_b
                 self._prepare(j)
+                self._observe_update(j)
         if self.batch > 1:
             self._pending += 1
             if self._pending == self.batch:
@@ -291,6 +328,21 @@ class Executor:
             e_rows = np.broadcast_to(b_e, (b_grad.size,))
             self.biases[j] = update_bias_rows(update, self.biases[j], b_grad, e_rows, lr, c_t)
         self._prepare(j)
+        self._observe_update(j)
+
+    def _observe_mask(self, st: BackwardStep, g_out: Grad, saved: Saved) -> None:
+        """Reports st's output gradient after its clamp mask (the backward masks it again)."""
+        if self.observer is not None and st.params.clamp is not None and saved.mask is not None:
+            self.observer("grad", st.op_index, st.op.outputs[0], apply_mask(g_out, saved.mask))
+
+    def _observe_update(self, j: int) -> None:
+        if self.observer is None:
+            return
+        op = self.program.graph.ops[j]
+        if j in self.weights:
+            self.observer("train", j, str(op.inputs[1]), self.weights[j])
+        if j in self.biases:
+            self.observer("train", j, str(op.inputs[2]), self.biases[j])
 
     def _fused_step(
         self, b: BackwardStep, g_out: Grad, saved: Mapping[int, Saved]
@@ -306,6 +358,7 @@ class Executor:
         w_d = self._weight(d)
         assert w_d is not None
         if self.row_streamed:
+            self._observe_mask(b.parts[0], g_out, saved[b.parts[0].op_index])
             w_e = self._weight(e)
             if p is not None:
                 assert b.fused_project is not None
@@ -323,6 +376,7 @@ class Executor:
         g = g_out
         for st in b.parts:
             weight = self._weight(st) if 0 in st.params.request.input_grads else self.weights.get(st.op_index)
+            self._observe_mask(st, g, saved[st.op_index])
             res = run_backward(st.params, g, saved[st.op_index], weight)
             if st is not e:  # the input gradient streamed into the next part
                 g = res.input_grads[0]
@@ -378,4 +432,3 @@ class Executor:
         if t.data is not None:
             return t.data
         return values[name]
-

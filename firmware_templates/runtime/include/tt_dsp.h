@@ -10,7 +10,7 @@
  * compute in uint32 arithmetic. Signed 16-bit halves are carried in uint32_t words.
  *
  * Below the intrinsics: int8 dot-product blocks and the row x channel GEMM shared by
- * dsp/tt_fc_dsp.c and dsp/tt_fused_block_dsp.c.
+ * dsp/tt_fc_dsp.c and dsp/tt_fused_block_stages_dsp.c.
  *
  * Arithmetic. The reference kernels accumulate sum_i w[i] * (x[i] + off) modulo 2^32
  * (off = -input_zp). Here the same sum is split as
