@@ -2,21 +2,26 @@
 
 :func:`bisect` generates the host C with ``-DTT_TRACE`` and a debug driver (:data:`TRACE_DRIVER`,
 host only, stdio) whose ``tt_set_trace`` callback copies planned buffers out of ``tt_arena``
-after every kernel call. The simulator runs the same steps (:class:`_StepRecorder`, the
-executor's ``step`` for batch 1 with its intermediate values kept) and an expected-state
-walker (:func:`_expect`) replays the C's buffer writes call by call from those values:
+after every kernel call. The simulator runs the same steps: the frozen stage from the native
+sample (the device recomputes it), then ``Executor.step`` itself (batch 1) with an observer
+(:data:`tinytrain.train.executor.Observer`); :class:`_StepRecorder` files each value it reports
+under its planned buffer (``tinytrain/train/memory.py``'s names), in order:
 
-* forward: ``act:X`` (every activation, the frozen stage included: the device recomputes it),
-  ``mask:X`` (the clamp mask of X), ``saved:X@i`` (the trained input channels of op i);
-* loss: ``grad:<logits>``; backward: each input gradient into ``grad:X`` or ``grad-sum:X@i``,
-  the in-place mask (``tt_apply_mask_s16``) and sum (``tt_add_grads_s16``), the trained
-  slices ``train:W`` (after the last row of a weight loop) and ``train:b``.
+* forward: ``act:X`` (every activation, the frozen stage included), ``mask:X`` (the clamp
+  mask of X), ``saved:X@i`` (the trained input channels of op i);
+* backward: ``grad:X`` (the loss gradient, a first input gradient, the sum after a second
+  one, the value after X's producer masks it), ``grad-sum:X@i`` (op i's second gradient of
+  X, before the sum), ``train:W`` / ``train:b`` (the trained slices before the step, then
+  after the update).
 
-After each call every such buffer the call references (read or written) is compared with its
-expected bytes; the int64 gradient rows (``wgrad-row:*``), bias gradients (``bgrad:*``) and
-scratch buffers have no simulator twin and are checked through their consumers (the updated
-``train:*`` slices). The report names the first mismatch: step, call index, kernel, comment,
-buffer, byte offset and both byte values.
+Values of tensors the plan has no buffer for (the gradients streamed inside a fused backward
+step, the tensors inside fused forward blocks) are never looked at. After each call every
+checked buffer the call references (read or written) must hold the buffer's current
+simulator value or its next one (then that one becomes current); the int64 gradient rows
+(``wgrad-row:*``), bias gradients (``bgrad:*``) and scratch buffers have no simulator twin and
+are checked through their consumers (the updated ``train:*`` slices). The report names the
+first mismatch: step, call index, kernel, comment, buffer, byte offset and both byte values
+(the simulator's: the next value when there is one).
 """
 
 from __future__ import annotations
@@ -377,11 +382,9 @@ def bisect(
                 if max(len(v) for v in vs) > size:
                     raise UsageError(f"buffer {b}: the simulator's value has more bytes than the plan's {size}")
                 comparisons += 1
-                j = next((j for j in range(max(at[b], 0), len(vs)) if got[: len(vs[j])] == vs[j]), None)
+                # the call wrote the buffer's next value, or left the current one
+                j = next((j for j in (at[b] + 1, at[b]) if 0 <= j < len(vs) and got[: len(vs[j])] == vs[j]), None)
                 if j is not None:
-                    if j > max(at[b], 0) + 1 or (j == 0 and at[b] == -1 and len(vs) > 1 and 0): pass
-                    if j > at[b] + 1 or len(vs) > 1 and b.startswith("grad"):
-                        import sys; print(s, tc.index, tc.call.kernel, b, at[b], '->', j, len(vs), file=sys.stderr)
                     at[b] = j
                     continue
                 want = vs[min(at[b] + 1, len(vs) - 1)]
