@@ -364,6 +364,7 @@ def bisect(
     step_bytes = sum(sz for _, sz in regions)
     pos = 0
     comparisons = 0
+    no_value: set[str] = set()  # checked buffers the simulator reported no value for
     for s in range(n):
         if len(out) < pos + step_bytes + 16:
             raise UsageError(f"the trace program's output ends in step {s}")
@@ -378,6 +379,7 @@ def bisect(
                 pos += size
                 vs = versions.get(b)
                 if not vs:
+                    no_value.add(b)
                     continue
                 if max(len(v) for v in vs) > size:
                     raise UsageError(f"buffer {b}: the simulator's value has more bytes than the plan's {size}")
@@ -392,16 +394,16 @@ def bisect(
                 d = Divergence(
                     s, tc.index, tc.call.kernel, tc.call.comment, b, off, plan.offset(b) + off, got[off], want[off]
                 )
-                return BisectReport(s + 1, len(calls), comparisons, d, _unchecked(calls))
+                return BisectReport(s + 1, len(calls), comparisons, d, _unchecked(calls, no_value))
         status, seen = struct.unpack_from("<ii", out, pos)
         pos += 16
         if status != 0:
             raise UsageError(f"training step {s} of the trace program returned status {status}")
         if seen != len(calls):
             raise UsageError(f"step {s}: the C made {seen} kernel calls, the lowered program has {len(calls)}")
-    return BisectReport(n, len(calls), comparisons, None, _unchecked(calls))
+    return BisectReport(n, len(calls), comparisons, None, _unchecked(calls, no_value))
 
 
-def _unchecked(calls: Sequence[TraceCall]) -> tuple[str, ...]:
+def _unchecked(calls: Sequence[TraceCall], no_value: set[str]) -> tuple[str, ...]:
     names = {a.buffer for tc in calls for a in tc.call.args if isinstance(a, (ArenaPtr, ArenaValue))}
-    return tuple(sorted(b for b in names if not b.startswith(CHECKED_PREFIXES)))
+    return tuple(sorted(no_value | {b for b in names if not b.startswith(CHECKED_PREFIXES)}))
