@@ -17,20 +17,18 @@ import numpy as np
 import pytest
 
 from tests.helpers_c import assert_integer_only, cortex_m4_objects
-from tests.helpers_fused import forward_and_save, with_weights
-from tinytrain.ir.ops import NoAttrs, Op, OpKind
+from tests.helpers_fused import GUARD, TT_ERR_ARG, TT_OK, backward_params, c_runtime, forward_and_save, with_weights
+from tinytrain.ir.ops import OpKind
 from tinytrain.sim.kernels.core_conv import Geometry
 from tinytrain.testing.c_update import (
     CStruct,
     as_ptr,
-    declare,
     fbwd_weights,
     fused_arrays,
     fused_struct,
 )
-from tinytrain.testing.cbuild import load_runtime
 from tinytrain.train import executor as executor_mod
-from tinytrain.train.grad_rules import GRAD_RULES, BackwardParams, BackwardRequest, Saved
+from tinytrain.train.grad_rules import BackwardRequest, Saved
 from tinytrain.train.kernels.fused_bwd import (
     FusedExpandDwParams,
     fused_scratch_bytes,
@@ -41,13 +39,10 @@ from tinytrain.train.kernels.gradient import Grad
 from tinytrain.train.kernels.linear_bwd import make_linear_backward
 from tinytrain.train.kernels.mask import pack_mask
 
-TT_OK, TT_ERR_ARG = 0, 1
-GUARD = 64  # canary bytes after the scratch
-
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    return declare(load_runtime(tmp_path_factory.mktemp("c")))
+    return c_runtime(tmp_path_factory)
 
 
 # ------------------------------------------------------------------ running both
@@ -179,11 +174,6 @@ def explicit_geometry(size: int, k: int, s: int, before: int, after: int) -> Geo
     return Geometry(k, k, s, s, 1, 1, before, before, after, after, out, out)
 
 
-def make_bp(kind: OpKind, kernel: object, request: BackwardRequest, clamp: bool, index: int) -> BackwardParams:
-    op = Op(kind, (f"x{index}", f"w{index}", f"b{index}"), (f"y{index}",), NoAttrs(), index)
-    return BackwardParams(op, GRAD_RULES[kind], request, kernel, (-128, 127) if clamp else None, None)
-
-
 @dataclass(frozen=True)
 class Case:
     size: int  # H = W of D's input
@@ -255,9 +245,9 @@ def random_case(lib: ctypes.CDLL, case: Case, rng: np.random.Generator) -> None:
     ke = make_linear_backward(
         OpKind.CONV_2D, (1, e_in, e_in, cin), (1, h, h, c), (c, ek, ek, cin), list(e_scales), zp, egeom
     )
-    d = make_bp(OpKind.DEPTHWISE_CONV_2D, kd, BackwardRequest(frozenset({0}), (), True), case.masks[0], 2)
+    d = backward_params(OpKind.DEPTHWISE_CONV_2D, kd, BackwardRequest(frozenset({0}), (), True), case.masks[0], 2)
     e_req = BackwardRequest(frozenset({0}) if case.e_grad else frozenset(), case.e_weights, case.e_bias)
-    e = make_bp(OpKind.CONV_2D, ke, e_req, case.masks[1], 1)
+    e = backward_params(OpKind.CONV_2D, ke, e_req, case.masks[1], 1)
     fp = prepare_fused_expand_dw_backward(e, d)
     w_d = rng.integers(-127, 128, (1, case.dk, case.dk, c)).astype(np.int8)
     w_e = rng.integers(-127, 128, (c, ek, ek, cin)).astype(np.int8)
@@ -301,8 +291,8 @@ def test_tiny_gradients_shift_left(lib: ctypes.CDLL) -> None:
     ke = make_linear_backward(
         OpKind.CONV_2D, (1, h, h, cin), (1, h, h, c), (c, 1, 1, cin), [0.02] * c, 0, same_geometry(h, 1, 1)
     )
-    d = make_bp(OpKind.DEPTHWISE_CONV_2D, kd, BackwardRequest(frozenset({0})), False, 2)
-    e = make_bp(OpKind.CONV_2D, ke, BackwardRequest(frozenset({0}), (), True), False, 1)
+    d = backward_params(OpKind.DEPTHWISE_CONV_2D, kd, BackwardRequest(frozenset({0})), False, 2)
+    e = backward_params(OpKind.CONV_2D, ke, BackwardRequest(frozenset({0}), (), True), False, 1)
     fp = prepare_fused_expand_dw_backward(e, d)
     g = rng.integers(-3, 4, (1, h, h, c)).astype(np.int16)
     w_d = rng.integers(-3, 4, (1, 3, 3, c)).astype(np.int8)
@@ -465,8 +455,8 @@ def _small_pair(e_req: BackwardRequest, e_kernel: int = 1) -> FusedExpandDwParam
         3,
         same_geometry(h, e_kernel, 1),
     )
-    d = make_bp(OpKind.DEPTHWISE_CONV_2D, kd, BackwardRequest(frozenset({0})), True, 2)
-    e = make_bp(OpKind.CONV_2D, ke, e_req, True, 1)
+    d = backward_params(OpKind.DEPTHWISE_CONV_2D, kd, BackwardRequest(frozenset({0})), True, 2)
+    e = backward_params(OpKind.CONV_2D, ke, e_req, True, 1)
     return prepare_fused_expand_dw_backward(e, d)
 
 

@@ -21,15 +21,24 @@ import pytest
 from codegen.cparams.update import (
     CStruct,
     as_ptr,
-    declare,
     fbwd_weights,
     project_arrays,
     project_struct,
 )
-from tinytrain.ir.ops import NoAttrs, Op, OpKind
-from tinytrain.sim.kernels.core_conv import Geometry
-from tinytrain.testing.cbuild import RUNTIME_INCLUDE, RUNTIME_SRC, load_runtime
-from tinytrain.train.grad_rules import GRAD_RULES, BackwardParams, BackwardRequest, Saved
+from tests.helpers_fused import (
+    GUARD,
+    TT_ERR_ARG,
+    TT_OK,
+    PdeCase,
+    c_runtime,
+    pde_case_id,
+    pde_channels,
+    pde_kernels,
+    pde_params,
+    pde_saved_and_grad,
+)
+from tinytrain.testing.cbuild import RUNTIME_INCLUDE, RUNTIME_SRC
+from tinytrain.train.grad_rules import Saved
 from tinytrain.train.kernels.fused_bwd import prepare_fused_expand_dw_backward
 from tinytrain.train.kernels.fused_bwd_project import (
     FusedProjectParams,
@@ -37,17 +46,14 @@ from tinytrain.train.kernels.fused_bwd_project import (
     run_fused_project_backward,
 )
 from tinytrain.train.kernels.gradient import Grad
-from tinytrain.train.kernels.linear_bwd import make_linear_backward
 from tinytrain.train.kernels.mask import pack_mask
 
-TT_OK, TT_ERR_ARG = 0, 1
-GUARD = 64  # canary bytes after the scratch
 U8 = ctypes.c_uint8
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    return declare(load_runtime(tmp_path_factory.mktemp("c")))
+    return c_runtime(tmp_path_factory)
 
 
 # ------------------------------------------------------------------ running both
@@ -181,87 +187,30 @@ def compare(
 # ------------------------------------------------------------------ random geometries
 
 
-def _geometry(h: int, w: int, k: int, s: int, pads: tuple[int, int] | None) -> Geometry:
-    """SAME padding (``pads`` None) or a VALID window over an explicit (folded) pad."""
-    if pads is None:
-
-        def same(n: int) -> tuple[int, int, int]:
-            out = -(-n // s)
-            total = max((out - 1) * s + k - n, 0)
-            return out, total // 2, total - total // 2
-
-        oh, pt, pb = same(h)
-        ow, pl, pr = same(w)
-        return Geometry(k, k, s, s, 1, 1, pt, pl, pb, pr, oh, ow)
-    before, after = pads
-    oh, ow = (h + before + after - k) // s + 1, (w + before + after - k) // s + 1
-    return Geometry(k, k, s, s, 1, 1, before, before, after, after, oh, ow)
-
-
-def _bp(kind: OpKind, kernel: object, request: BackwardRequest, clamp: bool, index: int) -> BackwardParams:
-    op = Op(kind, (f"x{index}", f"w{index}", f"b{index}"), (f"y{index}",), NoAttrs(), index)
-    return BackwardParams(op, GRAD_RULES[kind], request, kernel, (-128, 127) if clamp else None, None)
-
-
-@dataclass(frozen=True)
-class Case:
-    h: int  # D's input (= E's output) is h × w × c
-    w: int
-    c: int
-    cin: int  # E's input channels
-    cp: int  # P's output channels
-    dk: int  # D's kernel and stride
-    ds: int
-    pads: tuple[int, int] | None  # D's folded explicit pad (None: SAME)
-    e_grad: bool = True
-    weights: tuple[int, int, int] = (0, 0, 0)  # trained input channels of P, D, E (gradient + patch)
-    masks: tuple[bool, bool, bool] = (True, True, True)
-    e_stem: bool = False  # E is a 3×3 stride-2 conv (no input gradient)
-    scale: int = 2**14  # |g_P| bound (small: normalizations shift left; 0: all zero)
-    bias: bool = True
-
-
 CASES = [
-    Case(9, 9, 12, 5, 4, 3, 1, None),
-    Case(10, 8, 8, 4, 6, 3, 2, None, weights=(3, 2, 2)),
-    Case(11, 13, 6, 3, 5, 5, 1, None, e_grad=False, weights=(1, 0, 2)),
-    Case(12, 12, 7, 5, 3, 5, 2, None, weights=(0, 3, 0), masks=(False, True, False)),
-    Case(14, 10, 5, 4, 4, 7, 1, None, masks=(True, False, True), bias=False, weights=(2, 0, 0)),
-    Case(10, 10, 8, 6, 4, 3, 2, (0, 1), weights=(2, 1, 0)),
-    Case(9, 11, 5, 4, 3, 3, 2, (1, 1), e_grad=False),
-    Case(13, 9, 4, 3, 5, 5, 2, (1, 2), weights=(0, 1, 2)),
-    Case(16, 12, 5, 3, 4, 7, 2, (2, 3), masks=(False, False, False)),
-    Case(8, 8, 6, 3, 4, 3, 1, None, e_stem=True, weights=(1, 1, 2)),
-    Case(7, 5, 4, 3, 3, 3, 1, (0, 3), weights=(1, 2, 0)),  # D's last output row reads only padding
-    Case(7, 6, 5, 4, 3, 3, 1, None, scale=3),
-    Case(6, 6, 4, 3, 3, 5, 1, None, scale=0, weights=(1, 1, 1)),  # an all-zero gradient
-    Case(1, 1, 3, 2, 2, 3, 1, None, weights=(1, 1, 1)),
+    PdeCase(9, 9, 12, 5, 4, 3, 1, None),
+    PdeCase(10, 8, 8, 4, 6, 3, 2, None, weights=(3, 2, 2)),
+    PdeCase(11, 13, 6, 3, 5, 5, 1, None, e_grad=False, weights=(1, 0, 2)),
+    PdeCase(12, 12, 7, 5, 3, 5, 2, None, weights=(0, 3, 0), masks=(False, True, False)),
+    PdeCase(14, 10, 5, 4, 4, 7, 1, None, masks=(True, False, True), bias=False, weights=(2, 0, 0)),
+    PdeCase(10, 10, 8, 6, 4, 3, 2, (0, 1), weights=(2, 1, 0)),
+    PdeCase(9, 11, 5, 4, 3, 3, 2, (1, 1), e_grad=False),
+    PdeCase(13, 9, 4, 3, 5, 5, 2, (1, 2), weights=(0, 1, 2)),
+    PdeCase(16, 12, 5, 3, 4, 7, 2, (2, 3), masks=(False, False, False)),
+    PdeCase(8, 8, 6, 3, 4, 3, 1, None, e_stem=True, weights=(1, 1, 2)),
+    PdeCase(7, 5, 4, 3, 3, 3, 1, (0, 3), weights=(1, 2, 0)),  # D's last output row reads only padding
+    PdeCase(7, 6, 5, 4, 3, 3, 1, None, scale=3),
+    PdeCase(6, 6, 4, 3, 3, 5, 1, None, scale=0, weights=(1, 1, 1)),  # an all-zero gradient
+    PdeCase(1, 1, 3, 2, 2, 3, 1, None, weights=(1, 1, 1)),
 ]
 
 
-def _random_case(case: Case, rng: np.random.Generator, ring: bool) -> tuple[Any, ...]:
-    h, w, c = case.h, case.w, case.c
-    dgeom = _geometry(h, w, case.dk, case.ds, case.pads)
-    oh, ow = dgeom.out_h, dgeom.out_w
-    ek, es = (3, 2) if case.e_stem else (1, 1)
-    eh, ew = h * es, w * es
-    egeom = _geometry(eh, ew, ek, es, None)
-    zp = lambda: int(rng.integers(-128, 128))  # noqa: E731
-    kd = make_linear_backward(OpKind.DEPTHWISE_CONV_2D, (1, h, w, c), (1, oh, ow, c), (1, case.dk, case.dk, c),
-                              list(rng.uniform(0.002, 0.05, c)), zp(), dgeom)  # fmt: skip
-    ke = make_linear_backward(OpKind.CONV_2D, (1, eh, ew, case.cin), (1, h, w, c), (c, ek, ek, case.cin),
-                              list(rng.uniform(0.001, 0.08, c)), zp(), egeom)  # fmt: skip
-    kp = make_linear_backward(OpKind.CONV_2D, (1, oh, ow, c), (1, oh, ow, case.cp), (case.cp, 1, 1, c),
-                              list(rng.uniform(0.001, 0.1, case.cp)), zp(), _geometry(oh, ow, 1, 1, None))  # fmt: skip
-    n_p, n_d, n_e = case.weights
-    mp, md, me = case.masks
-    ch_p = tuple(range(c - 1, -1, -2))[:n_p]
-    ch_d = tuple(range(0, c, 2))[:n_d]
-    ch_e = tuple(int(v) for v in rng.choice(case.cin, n_e, replace=False))
-    p = _bp(OpKind.CONV_2D, kp, BackwardRequest(frozenset({0}), ch_p, case.bias), mp, 3)
-    d = _bp(OpKind.DEPTHWISE_CONV_2D, kd, BackwardRequest(frozenset({0}), ch_d, case.bias), md, 2)
-    e_req = BackwardRequest(frozenset({0}) if case.e_grad and not case.e_stem else frozenset(), ch_e, True)
-    e = _bp(OpKind.CONV_2D, ke, e_req, me, 1)
+def _random_case(case: PdeCase, rng: np.random.Generator, ring: bool) -> tuple[Any, ...]:
+    c = case.c
+    k = pde_kernels(case, rng)
+    ch_p, ch_d = pde_channels(case)
+    ch_e = tuple(int(v) for v in rng.choice(case.cin, case.weights[2], replace=False))
+    p, d, e = pde_params(case, k, ch_e)
     fp = prepare_fused_project_backward(p, prepare_fused_expand_dw_backward(e, d), ring=ring)
 
     def trained(shape: tuple[int, ...], ch: tuple[int, ...]) -> Trained:
@@ -270,28 +219,14 @@ def _random_case(case: Case, rng: np.random.Generator, ring: bool) -> tuple[Any,
         return Trained(flash, ch, sl)
 
     weights = (trained((case.cp, 1, 1, c), ch_p), trained((1, case.dk, case.dk, c), ch_d),
-               trained((c, ek, ek, case.cin), ch_e))  # fmt: skip
-
-    def mask(n: int, on: bool) -> np.ndarray | None:
-        return pack_mask(rng.random(n) < 0.7) if on else None
-
-    def channels(shape: tuple[int, ...], n: int) -> np.ndarray | None:
-        return rng.integers(-128, 128, (*shape, n)).astype(np.int8) if n else None
-
-    saved = (
-        Saved(mask(oh * ow * case.cp, mp), channels((1, oh, ow), n_p)),
-        Saved(mask(oh * ow * c, md), channels((1, h, w), n_d)),
-        Saved(mask(h * w * c, me), channels((1, eh, ew), n_e)),
-    )
-    g = rng.integers(-case.scale, case.scale + 1, (1, oh, ow, case.cp)).astype(np.int16)
-    return fp, Grad(g, int(rng.integers(-30, -5))), saved, weights
+               trained((c, k.ek, k.ek, case.cin), ch_e))  # fmt: skip
+    saved, g = pde_saved_and_grad(case, k, rng)
+    return fp, g, saved, weights
 
 
 @pytest.mark.parametrize("ring", [True, False], ids=["ring", "one-row"])
-@pytest.mark.parametrize(
-    "case", CASES, ids=lambda c: f"{c.h}x{c.w}-k{c.dk}s{c.ds}-pad{c.pads}-w{''.join(map(str, c.weights))}"
-)
-def test_random_geometries(lib: ctypes.CDLL, case: Case, ring: bool) -> None:
+@pytest.mark.parametrize("case", CASES, ids=pde_case_id)
+def test_random_geometries(lib: ctypes.CDLL, case: PdeCase, ring: bool) -> None:
     rng = np.random.default_rng(CASES.index(case) + 300)
     for _ in range(2):
         fp, g, saved, weights = _random_case(case, rng, ring)
@@ -301,7 +236,7 @@ def test_random_geometries(lib: ctypes.CDLL, case: Case, ring: bool) -> None:
 def test_extreme_gradients(lib: ctypes.CDLL) -> None:
     """int16 extremes in P's output gradient and saturating Q15 factors."""
     rng = np.random.default_rng(7)
-    fp, g, saved, weights = _random_case(Case(8, 7, 6, 4, 5, 3, 2, None, weights=(2, 2, 2)), rng, True)
+    fp, g, saved, weights = _random_case(PdeCase(8, 7, 6, 4, 5, 3, 2, None, weights=(2, 2, 2)), rng, True)
     a = g.g.copy()
     a.reshape(-1)[::2] = -(2**15)
     a.reshape(-1)[1::2] = 2**15 - 1
@@ -345,7 +280,7 @@ def test_checkpoint_triples(lib: ctypes.CDLL) -> None:
 
 def test_refuses_bad_arguments(lib: ctypes.CDLL) -> None:
     rng = np.random.default_rng(3)
-    fp, g, saved, weights = _random_case(Case(9, 9, 6, 4, 3, 5, 1, None, weights=(1, 2, 1)), rng, True)
+    fp, g, saved, weights = _random_case(PdeCase(9, 9, 6, 4, 3, 5, 1, None, weights=(1, 2, 1)), rng, True)
     assert fp.ring_rows == 5
     arrays = project_arrays(fp)
 

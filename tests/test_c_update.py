@@ -495,16 +495,9 @@ def test_update_from_accumulator(lib: ctypes.CDLL, layer: Layer) -> None:
         wb, bb = _buffers(ws), _buffers(bs)
         wst, bst = wb.struct(), bb.struct()
         wcp, bcp = acc_struct(wacc), acc_struct(bacc)
-        st = lib.tt_acc_update_weights_s8(
-            ctypes.byref(wcp),
-            ctypes.byref(wst),
-            muw,
-            subw,
-            cs.ref(),
-            ctypes.byref(step),
-            as_ptr(w_slice, ctypes.c_int8),
-            u32p(s_c),
-        )
+        # tt_acc_update_weights_s8's arguments after the accumulator's params
+        w_args = (ctypes.byref(wst), muw, subw, cs.ref(), ctypes.byref(step), as_ptr(w_slice, ctypes.c_int8), u32p(s_c))
+        st = lib.tt_acc_update_weights_s8(ctypes.byref(wcp), *w_args)
         assert st == TT_OK
         assert np.array_equal(w_slice, ref_w[..., ch]) and s_c[0] == s_np[0]
         out_b = b.copy()
@@ -516,19 +509,7 @@ def test_update_from_accumulator(lib: ctypes.CDLL, layer: Layer) -> None:
         wrong = acc_struct(wacc)
         wrong.row_major = 1 - wrong.row_major
         if wacc.rows > 1:
-            assert (
-                lib.tt_acc_update_weights_s8(
-                    ctypes.byref(wrong),
-                    ctypes.byref(wst),
-                    muw,
-                    subw,
-                    cs.ref(),
-                    ctypes.byref(step),
-                    as_ptr(w_slice, ctypes.c_int8),
-                    u32p(s_c),
-                )
-                == TT_ERR_ARG
-            )
+            assert lib.tt_acc_update_weights_s8(ctypes.byref(wrong), *w_args) == TT_ERR_ARG
 
 
 def test_acc_refuses_bad_arguments(lib: ctypes.CDLL) -> None:

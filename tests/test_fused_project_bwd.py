@@ -5,20 +5,28 @@ executor; and with it bias-only on 128×128 MobileNetV2-class models fits 256 KB
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers_fused import forward_and_save, with_weights
+from tests.helpers_fused import (
+    PdeCase,
+    backward_params,
+    forward_and_save,
+    geometry,
+    pde_case_id,
+    pde_kernels,
+    pde_params,
+    pde_saved_and_grad,
+    with_weights,
+)
 from tinytrain.errors import UsageError
 from tinytrain.ir.graph import Graph
-from tinytrain.ir.ops import NoAttrs, Op, OpKind
+from tinytrain.ir.ops import OpKind
 from tinytrain.sim.kernels.core_conv import Geometry
 from tinytrain.train.build import BackwardStep, build_training_program
 from tinytrain.train.grad_rules import (
-    GRAD_RULES,
     BackwardParams,
     BackwardRequest,
     BackwardResult,
@@ -34,7 +42,6 @@ from tinytrain.train.kernels.fused_bwd_project import (
 )
 from tinytrain.train.kernels.gradient import Grad
 from tinytrain.train.kernels.linear_bwd import make_linear_backward
-from tinytrain.train.kernels.mask import pack_mask
 
 DATA = Path(__file__).resolve().parents[1] / "tinytrain" / "data"
 CHECKPOINT = DATA / "mcunet-synthetic.pkl"
@@ -91,135 +98,42 @@ def _compare(
     return fp
 
 
-def _geometry(h: int, w: int, k: int, s: int, pads: tuple[int, int] | None) -> Geometry:
-    """SAME padding (``pads`` None) or a VALID window over an explicit (folded) pad."""
-    if pads is None:
-
-        def same(n: int) -> tuple[int, int, int]:
-            out = -(-n // s)
-            total = max((out - 1) * s + k - n, 0)
-            return out, total // 2, total - total // 2
-
-        oh, pt, pb = same(h)
-        ow, pl, pr = same(w)
-        return Geometry(k, k, s, s, 1, 1, pt, pl, pb, pr, oh, ow)
-    before, after = pads
-    oh, ow = (h + before + after - k) // s + 1, (w + before + after - k) // s + 1
-    return Geometry(k, k, s, s, 1, 1, before, before, after, after, oh, ow)
-
-
 def _pointwise(h: int, w: int) -> Geometry:
     return Geometry(1, 1, 1, 1, 1, 1, 0, 0, 0, 0, h, w)
 
 
-def _bp(kind: OpKind, kernel: object, request: BackwardRequest, clamp: bool, index: int) -> BackwardParams:
-    op = Op(kind, (f"x{index}", f"w{index}", f"b{index}"), (f"y{index}",), NoAttrs(), index)
-    return BackwardParams(op, GRAD_RULES[kind], request, kernel, (-128, 127) if clamp else None, None)
-
-
-@dataclass(frozen=True)
-class Case:
-    h: int  # D's input (= E's output) is h × w × c
-    w: int
-    c: int
-    cin: int  # E's input channels
-    cp: int  # P's output channels
-    dk: int  # D's kernel and stride
-    ds: int
-    pads: tuple[int, int] | None  # D's folded explicit pad (None: SAME)
-    e_grad: bool = True  # E's input gradient
-    weights: tuple[int, int, int] = (0, 0, 0)  # trained input channels of P, D, E
-    masks: tuple[bool, bool, bool] = (True, True, True)  # clamp masks of P, D, E
-    e_stem: bool = False  # E is a 3×3 stride-2 conv (no input gradient)
-    scale: int = 2**14  # |g_P| bound (small: normalizations shift left)
-    bias: bool = True  # the biases train
-
-
 CASES = [
-    Case(9, 9, 12, 5, 4, 3, 1, None),
-    Case(10, 8, 8, 4, 6, 3, 2, None, weights=(3, 2, 2)),
-    Case(11, 13, 6, 3, 5, 5, 1, None, e_grad=False, weights=(1, 0, 2)),
-    Case(12, 12, 7, 5, 3, 5, 2, None, weights=(0, 3, 0), masks=(False, True, False)),
-    Case(14, 10, 5, 4, 4, 7, 1, None, masks=(True, False, True), bias=False, weights=(2, 0, 0)),
-    Case(15, 15, 4, 3, 6, 7, 2, None, weights=(0, 2, 1)),
-    Case(10, 10, 8, 6, 4, 3, 2, (0, 1), weights=(2, 1, 0)),
-    Case(9, 11, 5, 4, 3, 3, 2, (1, 1), e_grad=False),
-    Case(13, 9, 4, 3, 5, 5, 2, (1, 2), weights=(0, 1, 2)),
-    Case(16, 12, 5, 3, 4, 7, 2, (2, 3), masks=(False, False, False)),
-    Case(8, 8, 6, 3, 4, 3, 1, None, e_stem=True, weights=(1, 1, 2)),
-    Case(7, 5, 4, 3, 3, 3, 1, (0, 3), weights=(1, 2, 0)),  # D's last output row reads only padding
-    Case(7, 6, 5, 4, 3, 3, 1, None, scale=3),
-    Case(6, 6, 4, 3, 3, 5, 1, None, scale=0),  # an all-zero gradient
+    PdeCase(9, 9, 12, 5, 4, 3, 1, None),
+    PdeCase(10, 8, 8, 4, 6, 3, 2, None, weights=(3, 2, 2)),
+    PdeCase(11, 13, 6, 3, 5, 5, 1, None, e_grad=False, weights=(1, 0, 2)),
+    PdeCase(12, 12, 7, 5, 3, 5, 2, None, weights=(0, 3, 0), masks=(False, True, False)),
+    PdeCase(14, 10, 5, 4, 4, 7, 1, None, masks=(True, False, True), bias=False, weights=(2, 0, 0)),
+    PdeCase(15, 15, 4, 3, 6, 7, 2, None, weights=(0, 2, 1)),
+    PdeCase(10, 10, 8, 6, 4, 3, 2, (0, 1), weights=(2, 1, 0)),
+    PdeCase(9, 11, 5, 4, 3, 3, 2, (1, 1), e_grad=False),
+    PdeCase(13, 9, 4, 3, 5, 5, 2, (1, 2), weights=(0, 1, 2)),
+    PdeCase(16, 12, 5, 3, 4, 7, 2, (2, 3), masks=(False, False, False)),
+    PdeCase(8, 8, 6, 3, 4, 3, 1, None, e_stem=True, weights=(1, 1, 2)),
+    PdeCase(7, 5, 4, 3, 3, 3, 1, (0, 3), weights=(1, 2, 0)),  # D's last output row reads only padding
+    PdeCase(7, 6, 5, 4, 3, 3, 1, None, scale=3),
+    PdeCase(6, 6, 4, 3, 3, 5, 1, None, scale=0),  # an all-zero gradient
 ]
 
 
-def _random_case(case: Case, rng: np.random.Generator, ring: bool) -> FusedProjectParams:
-    h, w, c = case.h, case.w, case.c
-    dgeom = _geometry(h, w, case.dk, case.ds, case.pads)
-    oh, ow = dgeom.out_h, dgeom.out_w
-    ek, es = (3, 2) if case.e_stem else (1, 1)
-    eh, ew = h * es, w * es
-    egeom = _geometry(eh, ew, ek, es, None)
-    assert (egeom.out_h, egeom.out_w) == (h, w)
-    kd = make_linear_backward(
-        OpKind.DEPTHWISE_CONV_2D,
-        (1, h, w, c),
-        (1, oh, ow, c),
-        (1, case.dk, case.dk, c),
-        list(rng.uniform(0.002, 0.05, c)),
-        int(rng.integers(-128, 128)),
-        dgeom,
-    )
-    ke = make_linear_backward(
-        OpKind.CONV_2D,
-        (1, eh, ew, case.cin),
-        (1, h, w, c),
-        (c, ek, ek, case.cin),
-        list(rng.uniform(0.001, 0.08, c)),
-        int(rng.integers(-128, 128)),
-        egeom,
-    )
-    kp = make_linear_backward(
-        OpKind.CONV_2D,
-        (1, oh, ow, c),
-        (1, oh, ow, case.cp),
-        (case.cp, 1, 1, c),
-        list(rng.uniform(0.001, 0.1, case.cp)),
-        int(rng.integers(-128, 128)),
-        _pointwise(oh, ow),
-    )
-    n_p, n_d, n_e = case.weights
-    mp, md, me = case.masks
-    p_req = BackwardRequest(frozenset({0}), tuple(range(c - 1, -1, -2))[:n_p], case.bias)
-    d_req = BackwardRequest(frozenset({0}), tuple(range(0, c, 2))[:n_d], case.bias)
-    p = _bp(OpKind.CONV_2D, kp, p_req, mp, 3)
-    d = _bp(OpKind.DEPTHWISE_CONV_2D, kd, d_req, md, 2)
-    e_req = BackwardRequest(frozenset({0}) if case.e_grad and not case.e_stem else frozenset(), tuple(range(n_e)), True)
-    e = _bp(OpKind.CONV_2D, ke, e_req, me, 1)
+def _random_case(case: PdeCase, rng: np.random.Generator, ring: bool) -> FusedProjectParams:
+    c = case.c
+    k = pde_kernels(case, rng)
+    p, d, e = pde_params(case, k, tuple(range(case.weights[2])))
     w_p = rng.integers(-127, 128, (case.cp, 1, 1, c)).astype(np.int8)
     w_d = rng.integers(-127, 128, (1, case.dk, case.dk, c)).astype(np.int8)
-    w_e = rng.integers(-127, 128, (c, ek, ek, case.cin)).astype(np.int8)
-
-    def mask(n: int, on: bool) -> np.ndarray | None:
-        return pack_mask(rng.random(n) < 0.7) if on else None
-
-    def channels(shape: tuple[int, ...], n: int) -> np.ndarray | None:
-        return rng.integers(-128, 128, (*shape, n)).astype(np.int8) if n else None
-
-    saved = (
-        Saved(mask(oh * ow * case.cp, mp), channels((1, oh, ow), n_p)),
-        Saved(mask(oh * ow * c, md), channels((1, h, w), n_d)),
-        Saved(mask(h * w * c, me), channels((1, eh, ew), n_e)),
-    )
-    g = rng.integers(-case.scale, case.scale + 1, (1, oh, ow, case.cp)).astype(np.int16)
-    return _compare(p, d, e, Grad(g, int(rng.integers(-30, -5))), saved, (w_p, w_d, w_e), ring)
+    w_e = rng.integers(-127, 128, (c, k.ek, k.ek, case.cin)).astype(np.int8)
+    saved, g = pde_saved_and_grad(case, k, rng)
+    return _compare(p, d, e, g, saved, (w_p, w_d, w_e), ring)
 
 
 @pytest.mark.parametrize("ring", [True, False], ids=["ring", "one-row"])
-@pytest.mark.parametrize(
-    "case", CASES, ids=lambda c: f"{c.h}x{c.w}-k{c.dk}s{c.ds}-pad{c.pads}-w{''.join(map(str, c.weights))}"
-)
-def test_random_geometries_byte_identical(case: Case, ring: bool) -> None:
+@pytest.mark.parametrize("case", CASES, ids=pde_case_id)
+def test_random_geometries_byte_identical(case: PdeCase, ring: bool) -> None:
     rng = np.random.default_rng(CASES.index(case))
     fp = _random_case(case, rng, ring)
     # The ring holds one window of D's output rows; without it, one row.
@@ -246,11 +160,11 @@ def test_scratch_formula() -> None:
 
 
 def test_rejects_unfusable_projections() -> None:
-    g6 = _geometry(6, 6, 3, 1, None)
+    g6 = geometry(6, 6, 3, 1, None)
     kd = make_linear_backward(OpKind.DEPTHWISE_CONV_2D, (1, 6, 6, 4), (1, 6, 6, 4), (1, 3, 3, 4), [0.01] * 4, 0, g6)
     ke = make_linear_backward(OpKind.CONV_2D, (1, 6, 6, 2), (1, 6, 6, 4), (4, 1, 1, 2), [0.01] * 4, 0, _pointwise(6, 6))
-    d = _bp(OpKind.DEPTHWISE_CONV_2D, kd, BackwardRequest(frozenset({0}), (), True), True, 2)
-    e = _bp(OpKind.CONV_2D, ke, BackwardRequest(frozenset({0}), (), True), True, 1)
+    d = backward_params(OpKind.DEPTHWISE_CONV_2D, kd, BackwardRequest(frozenset({0}), (), True), True, 2)
+    e = backward_params(OpKind.CONV_2D, ke, BackwardRequest(frozenset({0}), (), True), True, 1)
     inner = prepare_fused_expand_dw_backward(e, d)
     k3 = make_linear_backward(OpKind.CONV_2D, (1, 6, 6, 4), (1, 6, 6, 3), (3, 3, 3, 4), [0.01] * 3, 0, g6)
     k1 = make_linear_backward(OpKind.CONV_2D, (1, 6, 6, 4), (1, 6, 6, 3), (3, 1, 1, 4), [0.01] * 3, 0, _pointwise(6, 6))
@@ -259,14 +173,16 @@ def test_rejects_unfusable_projections() -> None:
     )
     grad = BackwardRequest(frozenset({0}), (), True)
     with pytest.raises(UsageError, match="1×1"):  # a 3×3 conv's input gradient is not row-local
-        prepare_fused_project_backward(_bp(OpKind.CONV_2D, k3, grad, True, 3), inner)
+        prepare_fused_project_backward(backward_params(OpKind.CONV_2D, k3, grad, True, 3), inner)
     with pytest.raises(UsageError, match="is not the output"):
-        prepare_fused_project_backward(_bp(OpKind.CONV_2D, k1_other, grad, True, 3), inner)
+        prepare_fused_project_backward(backward_params(OpKind.CONV_2D, k1_other, grad, True, 3), inner)
     with pytest.raises(UsageError, match="nothing to fuse"):
-        prepare_fused_project_backward(_bp(OpKind.CONV_2D, k1, BackwardRequest(frozenset(), (), True), True, 3), inner)
+        prepare_fused_project_backward(
+            backward_params(OpKind.CONV_2D, k1, BackwardRequest(frozenset(), (), True), True, 3), inner
+        )
     with pytest.raises(UsageError, match="needs a CONV_2D"):
         prepare_fused_project_backward(d, inner)
-    fp = prepare_fused_project_backward(_bp(OpKind.CONV_2D, k1, grad, True, 3), inner)
+    fp = prepare_fused_project_backward(backward_params(OpKind.CONV_2D, k1, grad, True, 3), inner)
     g = Grad(np.zeros((1, 6, 6, 3), np.int16), 0)
     w = (np.zeros((3, 1, 1, 4), np.int8), np.zeros((1, 3, 3, 4), np.int8), np.zeros((4, 1, 1, 2), np.int8))
     with pytest.raises(UsageError, match="clamp mask"):

@@ -141,6 +141,18 @@ class FusedPdeParamsC(ctypes.Structure):
 
 # ------------------------------------------------------------------ function prototypes
 
+
+def _fused_bwd_prototype(
+    params_c: Any, masks: int, weights: int, x_subs: int, exponents: int
+) -> tuple[Any, tuple[Any, ...]]:
+    """``tt_fused_*_bwd_s16(params, g, e, masks..., weights..., x_subs..., g_in, exponents..., scratch)``."""
+    p_u8, p_w, p_i16 = ctypes.POINTER(ctypes.c_uint8), ctypes.POINTER(FbwdWeights), ctypes.POINTER(ctypes.c_int16)
+    return I32, (
+        ctypes.POINTER(params_c), p_i16, I32, *(p_u8,) * masks, *(p_w,) * weights, *(P_I8,) * x_subs,
+        p_i16, *(P_I32,) * exponents, P,
+    )  # fmt: skip
+
+
 _PROTOTYPES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     # tt_prng.h
     "tt_prng_seed": (I32, (P_U32, U32)),
@@ -220,50 +232,14 @@ _PROTOTYPES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "tt_fused_ed_scratch_bytes": (ctypes.c_size_t, (ctypes.POINTER(FusedEdParamsC),)),
     "tt_fused_ed_bias_grad": (P_I64, (ctypes.POINTER(FusedEdParamsC), P)),
     "tt_fused_ed_weight_grad": (P_I64, (ctypes.POINTER(FusedEdParamsC), P)),
-    "tt_fused_ed_bwd_s16": (
-        I32,
-        (
-            ctypes.POINTER(FusedEdParamsC),
-            ctypes.POINTER(ctypes.c_int16),
-            I32,
-            ctypes.POINTER(ctypes.c_uint8),
-            ctypes.POINTER(ctypes.c_uint8),
-            ctypes.POINTER(FbwdWeights),
-            ctypes.POINTER(FbwdWeights),
-            P_I8,
-            ctypes.POINTER(ctypes.c_int16),
-            P_I32,
-            P_I32,
-            P,
-        ),
-    ),
+    "tt_fused_ed_bwd_s16": _fused_bwd_prototype(FusedEdParamsC, masks=2, weights=2, x_subs=1, exponents=2),
     # tt_fused_pde_bwd.h
     "tt_fused_pde_scratch_bytes": (ctypes.c_size_t, (ctypes.POINTER(FusedPdeParamsC),)),
     "tt_fused_pde_d_bias_grad": (P_I64, (ctypes.POINTER(FusedPdeParamsC), P)),
     "tt_fused_pde_d_weight_grad": (P_I64, (ctypes.POINTER(FusedPdeParamsC), P)),
     "tt_fused_pde_ed_scratch": (P, (ctypes.POINTER(FusedPdeParamsC), P)),
     "tt_fused_pde_exponents": (P_I32, (ctypes.POINTER(FusedPdeParamsC), P)),
-    "tt_fused_pde_bwd_s16": (
-        I32,
-        (
-            ctypes.POINTER(FusedPdeParamsC),
-            ctypes.POINTER(ctypes.c_int16),
-            I32,
-            ctypes.POINTER(ctypes.c_uint8),
-            ctypes.POINTER(ctypes.c_uint8),
-            ctypes.POINTER(ctypes.c_uint8),
-            ctypes.POINTER(FbwdWeights),
-            ctypes.POINTER(FbwdWeights),
-            ctypes.POINTER(FbwdWeights),
-            P_I8,
-            P_I8,
-            ctypes.POINTER(ctypes.c_int16),
-            P_I32,
-            P_I32,
-            P_I32,
-            P,
-        ),
-    ),
+    "tt_fused_pde_bwd_s16": _fused_bwd_prototype(FusedPdeParamsC, masks=3, weights=3, x_subs=2, exponents=3),
 }
 
 
