@@ -112,3 +112,26 @@ def test_truncations_are_rejected(small_cnn: Path) -> None:
     for cut in (0, 3, 7, 8, 16, 64, len(data) // 3, len(data) // 2, len(data) - 1):
         with pytest.raises(TinytrainError):
             load_tflite(data[:cut])
+
+
+def test_corrupt_dilation_and_scale_are_rejected(small_cnn: Path) -> None:
+    """Two corruptions the fuzzer found: a dilation of 2^24 (the padded input would be
+    gigantic) and an output scale that needs a left shift above 31 (int64 overflow)."""
+    from dataclasses import replace
+
+    from tinytrain.ir.ops import OpKind
+
+    graph = load_tflite(small_cnn.read_bytes())
+    dw = next(i for i, op in enumerate(graph.ops) if op.kind is OpKind.DEPTHWISE_CONV_2D)
+    op = graph.ops[dw]
+    ops = list(graph.ops)
+    ops[dw] = replace(op, attrs=replace(op.attrs, dilation_h=1 << 24))
+    with pytest.raises(TinytrainError, match="dilated window"):
+        Simulator(replace(graph, ops=tuple(ops)))
+    mean = next(op for op in graph.ops if op.kind is OpKind.MEAN)
+    out = graph.tensor(mean.outputs[0])
+    assert out.quant is not None
+    tiny = replace(out, quant=replace(out.quant, scale=(out.quant.scale[0] * 2.0**-40,)))
+    tensors = tuple(tiny if t.name == out.name else t for t in graph.tensors)
+    with pytest.raises(TinytrainError, match="shift"):
+        Simulator(replace(graph, tensors=tensors))

@@ -95,6 +95,9 @@ def out_size(padding: Padding, size: int, k: int, stride: int, dilation: int) ->
     return v // stride if v >= 0 else -1
 
 
+MAX_WINDOW_SPAN = 1 << 16  # dilated kernel extent (rows or columns) a window may span
+
+
 def window_geometry(
     op: Op,
     padding: Padding,
@@ -117,6 +120,9 @@ def window_geometry(
                 f"output spatial size {list(out_hw)} does not match input {list(in_hw)} with {padding.value} padding",
             )
         eff = (k - 1) * d + 1
+        if eff > MAX_WINDOW_SPAN:
+            # The padded input would hold more than 2^16 rows or columns (a corrupt dilation).
+            raise unsupported(op, f"the dilated window spans {eff} positions, above the supported {MAX_WINDOW_SPAN}")
         total = max((o - 1) * s + eff - size, 0)
         before = total // 2
         needed = (o - 1) * s + eff  # rows read from the padded input

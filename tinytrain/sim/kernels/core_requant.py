@@ -125,7 +125,7 @@ def make_requantizer(
     ``multipliers``/``shifts`` are TFLite's ``(q, shift)`` pairs (shift > 0 = left shift),
     one per channel (last axis) or a single pair; ``bias`` likewise (added to the
     accumulator as int32). ``acc_bound`` bounds ``|acc|`` before the bias.
-    A right shift above 31 is rejected by the caller (TFLite's behaviour is undefined).
+    A shift above 31 either way is rejected by the caller (TFLite's behaviour is undefined).
     """
     n = max(len(multipliers), len(bias) if bias is not None else 1)
     qs = [int(multipliers[i if len(multipliers) > 1 else 0]) for i in range(n)]
@@ -137,6 +137,8 @@ def make_requantizer(
     rights = [max(-s, 0) for s in ss]
     if max(rights) > 31:
         raise ValueError("right shift above 31")
+    if max(lefts) > 31:
+        raise ValueError("left shift above 31")
     max_b = max(abs(b) for b in bs)
     qmax = max(qs)
     fast = max(lefts) == 0 and acc_bound + max_b <= 2**31 - 1
