@@ -468,15 +468,7 @@ def _backward_step(b: _Builder, st: BackwardStep, have: set[str]) -> None:
     sums: list[tuple[str, str]] = []
 
     def dest(k: int) -> tuple[ArenaPtr, ArenaPtr]:
-        target = st.target(k)
-        assert target is not None
-        if target in have:
-            buf = f"grad-sum:{target}@{i}"
-            sums.append((target, buf))
-            gx, ex, _ = b.grad(target, buf)
-        else:
-            gx, ex, _ = b.grad(target)
-        return gx, ex
+        return _grad_dest(b, st, k, have, sums)
 
     req = st.params.request
     k = op.kind
