@@ -33,7 +33,12 @@ from tinytrain.ir.ops import (
     StridedSliceAttrs,
 )
 from tinytrain.ir.tensor import Quantization, Tensor, TensorKind
-from tinytrain.sim.fixedpoint import multiply_by_quantized_multiplier, quantize_multiplier, wrap_int32
+from tinytrain.sim.fixedpoint import (
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+    quantize_multipliers,
+    wrap_int32,
+)
 from tinytrain.sim.kernels.core import KERNELS
 from tinytrain.sim.kernels.core_requant import make_requantizer
 
@@ -99,6 +104,33 @@ def test_requantizer_per_channel_mixed_shifts() -> None:
     acc[:, 2] = rng.integers(-300, 300, 400)
     want = clamp8(multiply_by_quantized_multiplier(acc + np.array(bias), np.array(qs), np.array(ss)) - 3, -100, 90)
     assert np.array_equal(rq.apply(acc.astype(np.float64)), want)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.floats(min_value=1e-12, max_value=300.0), min_size=1, max_size=12),
+    st.integers(-(2**31), 2**31 - 1),
+    st.integers(-128, 127),
+    st.sampled_from([100, 2**16, 2**24, 2**31 - 1]),
+    st.integers(0, 2**32 - 1),
+)
+def test_requantizer_per_channel_matches_reference(
+    scales: list[float], bias_hi: int, zp: int, bound: int, seed: int
+) -> None:
+    """Per-channel shifts and biases up to int32 (the vectorised bound checks pick each
+    evaluation path; every path must give the reference bytes)."""
+    pairs = [quantize_multiplier(s) for s in scales]
+    if any(-s > 31 or s > 31 for _, s in pairs):
+        return
+    qs, ss = (np.array(v, np.int64) for v in zip(*pairs, strict=True))
+    vq, vs = quantize_multipliers(np.array(scales))
+    assert np.array_equal(vq, qs) and np.array_equal(vs, ss)
+    rng = np.random.default_rng(seed)
+    bias = rng.integers(-abs(bias_hi) - 1, abs(bias_hi) + 1, len(scales)).astype(np.int64)
+    rq = make_requantizer(qs, ss, zp, -128, 127, bound, bias)
+    acc = rng.integers(-bound, bound + 1, (50, len(scales))).astype(np.int64)
+    want = clamp8(multiply_by_quantized_multiplier(wrap_int32(acc + bias), qs, ss) + zp)
+    assert np.array_equal(rq.apply(acc), want)
 
 
 # -------------------------------------------------------------- convolution oracles

@@ -41,6 +41,21 @@ def quantize_multiplier(real_multiplier: float) -> tuple[int, int]:
     return int(q_fixed), int(shift)
 
 
+def quantize_multipliers(reals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`quantize_multiplier` over an array (the same bytes: ``frexp`` and the
+    half-away rounding of ``mantissa·2^31`` are exact in float64). Returns int64 arrays."""
+    r = np.asarray(reals, dtype=np.float64)
+    mantissa, shift = np.frexp(r)
+    scaled = mantissa * float(1 << 31)
+    q = (np.floor(np.abs(scaled) + 0.5) * np.sign(scaled)).astype(np.int64)
+    shift = shift.astype(np.int64)
+    top = q == (1 << 31)
+    q = np.where(top, q // 2, q)
+    shift = np.where(top, shift + 1, shift)
+    small = (shift < -31) | (r == 0.0)
+    return np.where(small, 0, q), np.where(small, 0, shift)
+
+
 def wrap_int32(x: np.ndarray) -> np.ndarray:
     """Two's-complement wrap of int64 values to the int32 range (kept as int64)."""
     return ((x.astype(np.int64) + 2**31) & 0xFFFFFFFF) - 2**31

@@ -43,7 +43,7 @@ import numpy as np
 from tinytrain.ir.dtypes import DType
 from tinytrain.ir.ops import Conv2DAttrs, DepthwiseConv2DAttrs, Op, Padding
 from tinytrain.ir.tensor import Tensor
-from tinytrain.sim.fixedpoint import quantize_multiplier
+from tinytrain.sim.fixedpoint import quantize_multipliers
 from tinytrain.sim.kernel_spec import KernelSpec
 from tinytrain.sim.kernels.core_common import (
     INT8_MAX,
@@ -210,20 +210,15 @@ def conv_requantizer(
     in_scale, in_zp = per_tensor_qparams(op, inp, "input")
     out_scale, out_zp = per_tensor_qparams(op, out, "output")
     f_scales = channel_qparams(op, filt, channels)
-    mults: list[int] = []
-    shifts: list[int] = []
-    for fs in f_scales:
-        q, s = quantize_multiplier(in_scale * fs / out_scale)
-        mults.append(q)
-        shifts.append(s)
-    b = [0] * channels
+    mults, shifts = quantize_multipliers(in_scale * np.asarray(f_scales, np.float64) / out_scale)
+    b = np.zeros(channels, np.int64)
     if bias is not None:
         check_dtype(op, bias, (DType.INT32,), "bias")
         bd = const_data(op, bias, "bias")
         if bd.size != channels:
             raise graph_error(op, f"bias {bias.name!r} has {bd.size} values for {channels} output channels")
-        b = [int(v) for v in bd.reshape(-1)]
-    b_eff = [bi - in_zp * int(ws) for bi, ws in zip(b, w_sum.tolist(), strict=True)]
+        b = bd.reshape(-1).astype(np.int64)
+    b_eff = b - in_zp * np.asarray(w_sum, np.int64)
     lo, hi = activation_lo_hi
     return make_requantizer(mults, shifts, out_zp, lo, hi, acc_bound, b_eff)
 

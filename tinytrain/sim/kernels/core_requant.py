@@ -27,7 +27,7 @@ left shifts), the general path reproduces the int32 wrap explicitly first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,20 +104,42 @@ class Requantizer:
         return out.reshape(shape)
 
 
-def _compact(values: Sequence[int]) -> np.ndarray | int:
-    if len(set(values)) == 1:
+def _compact(values: np.ndarray) -> np.ndarray | int:
+    if values.size and bool((values == values[0]).all()):
         return int(values[0])
-    return np.asarray(values, dtype=np.int64)
+    return np.ascontiguousarray(values, dtype=np.int64)
+
+
+def _per_channel(values: Sequence[int] | np.ndarray, n: int, what: str) -> np.ndarray:
+    """One or ``n`` integers as an int64 array of ``n``."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iu":
+        arr = np.asarray([int(v) for v in np.ravel(values)], dtype=np.int64)
+    arr = arr.astype(np.int64).reshape(-1)
+    if arr.size not in (1, n):
+        raise ValueError(f"{arr.size} {what} for {n} channels")
+    return np.full(n, arr[0], np.int64) if arr.size == 1 else arr
+
+
+def _max_abs_plus(values: np.ndarray, rights: np.ndarray, term: Callable[[int], int]) -> int:
+    """``max_c |values[c] + term(rights[c])|`` in exact Python ints, one group per distinct
+    right shift, so that a per-channel term never passes through int64."""
+    best = 0
+    for r in np.unique(rights).tolist():
+        grp = values[rights == r]
+        t = term(int(r))
+        best = max(best, abs(int(grp.max()) + t), abs(int(grp.min()) + t))
+    return best
 
 
 def make_requantizer(
-    multipliers: Sequence[int],
-    shifts: Sequence[int],
+    multipliers: Sequence[int] | np.ndarray,
+    shifts: Sequence[int] | np.ndarray,
     zero_point: int,
     lo: int,
     hi: int,
     acc_bound: int,
-    bias: Sequence[int] | None = None,
+    bias: Sequence[int] | np.ndarray | None = None,
     out_dtype: type = np.int8,
 ) -> Requantizer:
     """Builds a requantizer.
@@ -126,63 +148,63 @@ def make_requantizer(
     one per channel (last axis) or a single pair; ``bias`` likewise (added to the
     accumulator as int32). ``acc_bound`` bounds ``|acc|`` before the bias.
     A shift above 31 either way is rejected by the caller (TFLite's behaviour is undefined).
+
+    Vectorised over channels (it is rebuilt every training step for a layer whose bias
+    trains); every bound is checked in exact Python ints, per distinct shift where a term
+    depends on it, so no int64 value below can overflow.
     """
-    n = max(len(multipliers), len(bias) if bias is not None else 1)
-    qs = [int(multipliers[i if len(multipliers) > 1 else 0]) for i in range(n)]
-    ss = [int(shifts[i if len(shifts) > 1 else 0]) for i in range(n)]
-    bs = [int(bias[i if len(bias) > 1 else 0]) for i in range(n)] if bias is not None else [0] * n
-    if any(q < 0 for q in qs):
+    n = max(int(np.size(multipliers)), int(np.size(bias)) if bias is not None else 1)
+    qs = _per_channel(multipliers, n, "multipliers")
+    ss = _per_channel(shifts, n, "shifts")
+    bs = _per_channel(bias, n, "biases") if bias is not None else np.zeros(n, np.int64)
+    if bool((qs < 0).any()):
         raise ValueError("requantizer multipliers must be >= 0")
-    lefts = [max(s, 0) for s in ss]
-    rights = [max(-s, 0) for s in ss]
-    if max(rights) > 31:
+    lefts = np.maximum(ss, 0)
+    rights = np.maximum(-ss, 0)
+    if int(rights.max()) > 31:
         raise ValueError("right shift above 31")
-    if max(lefts) > 31:
+    if int(lefts.max()) > 31:
         raise ValueError("left shift above 31")
-    max_b = max(abs(b) for b in bs)
-    qmax = max(qs)
-    fast = max(lefts) == 0 and acc_bound + max_b <= 2**31 - 1
-    if fast:
-        x_bound = acc_bound
-        biases = bs
-    else:
-        x_bound = 2**31
-        biases = [0] * n
-    base = [(1 << 30) + ((1 << (30 + r)) if r > 0 else 0) + b * q for r, b, q in zip(rights, biases, qs, strict=True)]
-    folded = [a + (zero_point << (31 + r)) for a, r in zip(base, rights, strict=True)]
+    max_b = int(np.abs(bs).max())
+    qmax = int(qs.max())
+    fast = int(lefts.max()) == 0 and acc_bound + max_b <= 2**31 - 1
+    x_bound = acc_bound if fast else 2**31
+    bq = bs * qs if fast else np.zeros(n, np.int64)  # fast: |b| < 2^31, q < 2^31
+    half = np.where(rights > 0, np.left_shift(np.int64(1), 30 + rights), np.int64(0))  # ≤ 2^61
+    base = (1 << 30) + half + bq
     bound = x_bound * qmax + (1 << 31)
-    fold_zp = bound + max(abs(a) for a in folded) < _I64_SAFE
-    if not fold_zp and bound + max(abs(a) for a in base) >= _I64_SAFE:  # pragma: no cover - guarded by fast
+    fold_zp = bound + _max_abs_plus(base, rights, lambda r: zero_point << (31 + r)) < _I64_SAFE
+    if not fold_zp and bound + _max_abs_plus(base, rights, lambda r: 0) >= _I64_SAFE:  # pragma: no cover
         raise ValueError("requantization constants overflow int64")
-    q_l = list(qs)
-    add1 = [(1 << 30) + b * q for b, q in zip(biases, qs, strict=True)]
-    mask = [-(1 << 31) if r > 0 else 0 for r in rights]
-    add2 = [((1 << (30 + r)) if r > 0 else 0) + ((zero_point << (31 + r)) if fold_zp else 0) for r in rights]
-    rsh = [31 + r for r in rights]
+
+    def add2_of(r: int) -> int:
+        return ((1 << (30 + r)) if r > 0 else 0) + ((zero_point << (31 + r)) if fold_zp else 0)
+
+    add1 = (1 << 30) + bq
+    mask = np.where(rights > 0, np.int64(-(1 << 31)), np.int64(0))
     # A per-channel right shift costs a broadcast pass; scaling every term of channel c by
     # 2^(R_max - R_c) gives the same floor with one scalar shift, when int64 has room.
-    k = [max(rsh) - r for r in rsh]
-    scaled_bound = (bound + max(abs(a) + abs(b) for a, b in zip(add1, add2, strict=True))) << max(k)
-    if max(k) > 0 and scaled_bound < _I64_SAFE:
-        q_l = [v << kc for v, kc in zip(q_l, k, strict=True)]
-        add1 = [v << kc for v, kc in zip(add1, k, strict=True)]
-        mask = [v << kc for v, kc in zip(mask, k, strict=True)]
-        add2 = [v << kc for v, kc in zip(add2, k, strict=True)]
-        rsh = [max(rsh)] * n
+    r_max = int(rights.max())
+    worst = max(int(np.abs(add1[rights == r]).max()) + abs(add2_of(r)) for r in np.unique(rights).tolist())
+    scale = r_max > int(rights.min()) and (bound + worst) << (r_max - int(rights.min())) < _I64_SAFE
+    k = (r_max - rights) if scale else np.zeros(n, np.int64)
+    add2 = np.zeros(n, np.int64)
+    for r in np.unique(rights).tolist():
+        add2[rights == r] = add2_of(r) << (r_max - r if scale else 0)
     return Requantizer(
-        q=_compact(q_l),
-        add1=_compact(add1),
-        neg_mask=_compact(mask),
+        q=_compact(qs << k),
+        add1=_compact(add1 << k),
+        neg_mask=_compact(mask << k),
         add2=_compact(add2),
-        rshift=_compact(rsh),
-        has_neg=any(r > 0 for r in rights),
+        rshift=_compact(np.full(n, 31 + r_max, np.int64) if scale else 31 + rights),
+        has_neg=bool((rights > 0).any()),
         zp_after=0 if fold_zp else zero_point,
         lo=lo,
         hi=hi,
         out_dtype=np.dtype(out_dtype),
         general=not fast,
-        bias=None if (fast or bias is None or max_b == 0) else np.asarray(bs, dtype=np.int64),
+        bias=None if (fast or bias is None or max_b == 0) else bs,
         wrap_acc=(not fast) and acc_bound + max_b > 2**31 - 1,
-        left_mul=_compact([1 << lft for lft in lefts]),
-        has_left=max(lefts) > 0,
+        left_mul=_compact(np.left_shift(np.int64(1), lefts)),
+        has_left=int(lefts.max()) > 0,
     )
