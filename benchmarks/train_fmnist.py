@@ -39,6 +39,7 @@ KB = 1024
 
 def int8_row(model: Path, scheme: str, lr: float, args: argparse.Namespace, data: Any) -> dict[str, Any]:
     from tinytrain.train.compile import CompileOptions, compile_graph, prepare_graph
+    from tinytrain.train.kernels.schedule import Schedule
     from tinytrain.train.loop import TrainConfig, Trainer
 
     train, test = data
@@ -47,15 +48,19 @@ def int8_row(model: Path, scheme: str, lr: float, args: argparse.Namespace, data
     c = compile_graph(graph, scheme, CompileOptions(scheme, sram_bytes=1 << 30, sample_bytes=28 * 28))
     t0 = time.perf_counter()
     trainer = Trainer(c.program, train.sample_shape, seed=args.seed)
-    report = trainer.fit(train, test, TrainConfig(epochs=args.epochs, lr=lr, seed=args.seed))
+    config = TrainConfig(epochs=args.epochs, lr=lr, schedule=Schedule(args.schedule), seed=args.seed)
+    report = trainer.fit(train, test, config)
     wall = time.perf_counter() - t0
     return {
         "scheme": scheme,
         "kind": "int8 on-device (simulated)",
         "lr": lr,
+        "schedule": args.schedule,
         "test_accuracy": report.test_accuracy,
         "test_accuracy_per_epoch": [e.test_accuracy for e in report.epochs],
         "train_loss_per_epoch": [e.train_loss for e in report.epochs],
+        "train_accuracy_per_epoch": [e.train_accuracy for e in report.epochs],
+        "loss_curve_per_100_steps": [round(v, 4) for v in report.loss_curve],
         **memory_columns(c),
         "wall_seconds": round(wall, 1),
     }
@@ -106,7 +111,8 @@ def table(results: list[dict[str, Any]]) -> str:
                 lines.append(f"| {block['model']} | {r['scheme']} | {acc} | – | – | – | – | {r['wall_seconds']} s |")
                 continue
             lines.append(
-                f"| {block['model']} | {r['scheme']} (lr {r['lr']}) | {acc} | {r['arena_bytes'] / KB:.1f} KB "
+                f"| {block['model']} | {r['scheme']} (lr {r['lr']}, {r.get('schedule', 'constant')}) | {acc} "
+                f"| {r['arena_bytes'] / KB:.1f} KB "
                 f"| {'yes' if r['fits_256kb'] else 'no'} | {r['flash_bytes'] / KB:.0f} KB "
                 f"| {r['macs_forward'] / 1e6:.1f} M / {r['macs_backward'] / 1e6:.1f} M | {r['wall_seconds']} s |"
             )
@@ -145,17 +151,28 @@ def run_model(key: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         keep = args.partial / f"{key}-{scheme.replace(':', '_')}.json"
         if args.resume and keep.exists():
             row = json.loads(keep.read_text())
-            if row.get("protocol") == protocol(args):
+            same_int8 = row.get("lr") == scheme_lr(args, scheme) and row.get("schedule", "constant") == args.schedule
+            if row.get("protocol") == protocol(args) and (scheme == "float" or same_int8):
                 rows.append(row)
                 continue
         print(f"[{key}] {scheme} ...", file=sys.stderr, flush=True)
-        row = float_row(path, args, data) if scheme == "float" else int8_row(path, scheme, args.lr, args, data)
+        lr = scheme_lr(args, scheme)
+        row = float_row(path, args, data) if scheme == "float" else int8_row(path, scheme, lr, args, data)
         row["protocol"] = protocol(args)
         keep.parent.mkdir(parents=True, exist_ok=True)
         keep.write_text(json.dumps(row, indent=2) + "\n")
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return rows
+
+
+def scheme_lr(args: argparse.Namespace, scheme: str) -> float:
+    """The int8 learning rate of ``scheme``: its ``--lr-for`` entry, else ``--lr``."""
+    for item in args.lr_for:
+        name, _, value = item.partition("=")
+        if name == scheme:
+            return float(value)
+    return float(args.lr)
 
 
 def protocol(args: argparse.Namespace) -> dict[str, Any]:
@@ -192,6 +209,9 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--schemes", default="last-layer,bias-only,tte")
     ap.add_argument("--lr", type=float, default=0.01, help="int8 learning rate")
+    ap.add_argument("--lr-for", action="append", default=[], metavar="SCHEME=LR",
+                    help="the int8 learning rate of one scheme (repeatable), e.g. bias-only=0.003")
+    ap.add_argument("--schedule", choices=("constant", "cosine"), default="constant", help="int8 lr schedule")
     ap.add_argument("--float-lr", type=float, default=0.003)
     ap.add_argument("--no-float", action="store_true")
     ap.add_argument("--models", default="shipped,imagenet", help="shipped and/or imagenet (needs ../shared)")

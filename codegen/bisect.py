@@ -18,7 +18,7 @@ Values of tensors the plan has no buffer for (the gradients streamed inside a fu
 step, the tensors inside fused forward blocks) are never looked at. After each call every
 checked buffer the call references (read or written) must hold the buffer's current
 simulator value or its next one (then that one becomes current); the int64 gradient rows
-(``wgrad-row:*``), bias gradients (``bgrad:*``) and scratch buffers have no simulator twin and
+(``wgrad-row:*``) and scratch buffers have no simulator twin and
 are checked through their consumers (the updated ``train:*`` slices). The report names the
 first mismatch: step, call index, kernel, comment, buffer, byte offset and both byte values
 (the simulator's: the next value when there is one).

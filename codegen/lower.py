@@ -582,12 +582,10 @@ def _linear_update(b: _Builder, st: BackwardStep, gy: ArenaPtr, ey: ArenaValue) 
         b.items.append(Loop(rows, f"weights of {desc}: one row at a time", body, "backward"))
     if req.bias:
         b_name = str(op.inputs[2])
-        bg = b.arena(f"bgrad:{b_name}", "int64_t")
-        b.call("tt_linear_bwd_bias_s16", f"bias gradient of {desc}", (lb, gy, bg), "backward")
         b.call(
-            "tt_update_bias_s32",
-            f"SGD step of the bias of {desc}",
-            (up, Local("&step"), bg, ey, b.arena(f"train:{b_name}", "int32_t")),
+            "tt_bias_step_s16",
+            f"bias gradient and SGD step of {desc}, channel by channel",
+            (lb, up, Local("&step"), gy, ey, b.arena(f"train:{b_name}", "int32_t")),
             "backward",
         )
     _record_trained(b, st)

@@ -233,11 +233,9 @@ def program_memory(
                 nb = graph.tensor(lay_b).nbytes
                 trainable += nb
                 requests.append(BufferRequest(f"train:{lay_b}", nb, 0, 0, BufferKind.TRAINABLE))
-                if part is head:
-                    # The int64 bias gradient, consumed by the update at once (a fused D's
-                    # after a fused P, and a fused E's, are in the fused kernel's scratch).
-                    nbg = 8 * graph.tensor(lay_b).size
-                    requests.append(BufferRequest(f"bgrad:{lay_b}", nbg, s, s, BufferKind.SCRATCH))
+                # No bias-gradient buffer: each channel's gradient is consumed by its update as
+                # soon as it is summed (tt_bias_step_s16); a fused D's after a fused P, and a
+                # fused E's, are in the fused kernel's scratch.
                 if batch > 1:
                     acc = bias_accumulator(graph.tensor(lay_b).size).state_bytes
                     requests.append(BufferRequest(f"acc:{lay_b}", acc, 0, 0, BufferKind.STATE))
