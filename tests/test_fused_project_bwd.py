@@ -280,51 +280,13 @@ def test_executor_row_streamed_gives_the_same_bytes() -> None:
 # ------------------------------------------------------------------ 256 KB
 
 
-def _mbv2_variant(res: int, expansion: int, kernels: tuple[int, ...], seed: int = 0):  # type: ignore[no-untyped-def]
-    """A MobileNetV2-class Keras model (width 0.35 channels, expansion ``expansion``,
-    depthwise kernels cycling over ``kernels``, PAD + VALID stride-2 depthwise as Keras'
-    MobileNetV2) with fewer repeats, seeded weights and estimated BatchNorm statistics."""
-    import keras
-
-    from tinytrain.models.data import image_like
-    from tinytrain.models.weights import reestimate_batchnorm, seed_weights
-
-    def bn(x, relu: bool = True):  # type: ignore[no-untyped-def]
-        x = keras.layers.BatchNormalization()(x)
-        return keras.layers.ReLU(6.0)(x) if relu else x
-
-    inp = keras.Input((res, res, 3), batch_size=1)
-    x = bn(keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(inp))
-    blocks = [(1, 8, 1, 1), (expansion, 8, 2, 2), (expansion, 16, 2, 2), (expansion, 24, 2, 2),
-              (expansion, 32, 1, 1), (expansion, 56, 1, 2), (expansion, 112, 1, 1)]  # fmt: skip
-    b = 0
-    for t, c, n, s in blocks:
-        for i in range(n):
-            stride, k, cin = (s if i == 0 else 1), kernels[b % len(kernels)], x.shape[-1]
-            y = bn(keras.layers.Conv2D(cin * t, 1, use_bias=False)(x)) if t != 1 else x
-            if stride == 2:
-                y = keras.layers.ZeroPadding2D(((k // 2 - 1, k // 2), (k // 2 - 1, k // 2)))(y)
-                y = keras.layers.DepthwiseConv2D(k, strides=2, padding="valid", use_bias=False)(y)
-            else:
-                y = keras.layers.DepthwiseConv2D(k, padding="same", use_bias=False)(y)
-            y = bn(keras.layers.Conv2D(c, 1, use_bias=False)(bn(y)), relu=False)
-            x = keras.layers.Add()([x, y]) if stride == 1 and cin == c else y
-            b += 1
-    x = bn(keras.layers.Conv2D(1280, 1, use_bias=False)(x))
-    x = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
-    model = keras.Model(inp, x)
-    seed_weights(model, seed)
-    images = image_like(8, res, 3, seed=seed + 1)
-    reestimate_batchnorm(model, images)
-    return model, images
-
-
 @pytest.fixture(scope="session")
 def keras_variant(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 128×128 MobileNetV2-class variant with expansion 4 and 5×5 / 7×7 depthwise kernels."""
     from tinytrain.frontends.keras_convert import convert_keras
+    from tinytrain.models.mobilenetv2 import keras_mobilenetv2_variant
 
-    model, images = _mbv2_variant(128, 4, (5, 7))
+    model, images = keras_mobilenetv2_variant(128, 4, (5, 7))
     path = tmp_path_factory.mktemp("models") / "mbv2-k57-t4-128.tflite"
     path.write_bytes(convert_keras(model, images[:4]))
     return path
