@@ -79,20 +79,29 @@ def memory_columns(c: Any) -> dict[str, Any]:
     }
 
 
-def float_row(model: Path, args: argparse.Namespace, data: Any) -> dict[str, Any]:
+def float_row(model: Path, lr: float, args: argparse.Namespace, data: Any) -> dict[str, Any]:
     from tinytrain.frontends.load import load_model
     from tinytrain.train.float_baseline import finetune_float
 
     train, test = data
     t0 = time.perf_counter()
     res = finetune_float(
-        load_model(model), train.images, train.labels, test.images, test.labels,
-        classes=10, epochs=args.epochs, batch=32, lr=args.float_lr, trainable="full", seed=args.seed,
+        load_model(model),
+        train.images,
+        train.labels,
+        test.images,
+        test.labels,
+        classes=10,
+        epochs=args.epochs,
+        batch=32,
+        lr=lr,
+        trainable="full",
+        seed=args.seed,
     )
     return {
         "scheme": "float32 full fine-tuning (TensorFlow)",
         "kind": "float32",
-        "lr": args.float_lr,
+        "lr": lr,
         "test_accuracy": float(res["test_accuracy"]),
         "trainable_parameters": int(res.get("trainable_parameters", 0)),
         "wall_seconds": round(time.perf_counter() - t0, 1),
@@ -108,7 +117,8 @@ def table(results: list[dict[str, Any]]) -> str:
         for r in block["rows"]:
             acc = f"{100 * r['test_accuracy']:.2f}%" if r.get("test_accuracy") is not None else "-"
             if r["kind"] == "float32":
-                lines.append(f"| {block['model']} | {r['scheme']} | {acc} | – | – | – | – | {r['wall_seconds']} s |")
+                name = f"{r['scheme']} (lr {r['lr']})"
+                lines.append(f"| {block['model']} | {name} | {acc} | – | – | – | – | {r['wall_seconds']} s |")
                 continue
             lines.append(
                 f"| {block['model']} | {r['scheme']} (lr {r['lr']}, {r.get('schedule', 'constant')}) | {acc} "
@@ -145,19 +155,21 @@ def run_model(key: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         Dataset("train", tr.images[: args.train_samples], tr.labels[: args.train_samples]),
         Dataset("test", te.images[: args.test_samples], te.labels[: args.test_samples]),
     )
-    names = [s for s in args.schemes.split(",") if s] + ([] if args.no_float else ["float"])
+    float_lrs = [] if args.no_float else [float(v) for v in args.float_lr.split(",") if v]
+    names = [s for s in args.schemes.split(",") if s] + [f"float@{lr:g}" for lr in float_lrs]
     rows = []
     for scheme in names:
+        is_float = scheme.startswith("float@")
+        lr = float(scheme.partition("@")[2]) if is_float else scheme_lr(args, scheme)
         keep = args.partial / f"{key}-{scheme.replace(':', '_')}.json"
         if args.resume and keep.exists():
             row = json.loads(keep.read_text())
-            same_int8 = row.get("lr") == scheme_lr(args, scheme) and row.get("schedule", "constant") == args.schedule
-            if row.get("protocol") == protocol(args) and (scheme == "float" or same_int8):
+            same = row.get("lr") == lr and (is_float or row.get("schedule", "constant") == args.schedule)
+            if row.get("protocol") == protocol(args) and same:
                 rows.append(row)
                 continue
         print(f"[{key}] {scheme} ...", file=sys.stderr, flush=True)
-        lr = scheme_lr(args, scheme)
-        row = float_row(path, args, data) if scheme == "float" else int8_row(path, scheme, lr, args, data)
+        row = float_row(path, lr, args, data) if is_float else int8_row(path, scheme, lr, args, data)
         row["protocol"] = protocol(args)
         keep.parent.mkdir(parents=True, exist_ok=True)
         keep.write_text(json.dumps(row, indent=2) + "\n")
@@ -177,9 +189,13 @@ def scheme_lr(args: argparse.Namespace, scheme: str) -> float:
 
 def protocol(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "train_samples": args.train_samples, "test_samples": args.test_samples, "epochs": args.epochs,
-        "input": "28x28 -> bilinear 128x128, grey -> 3 channels, [-1, 1]", "head": "zero-initialised, 10 classes",
-        "int8": "batch 1, integer-only, simulator", "seed": args.seed,
+        "train_samples": args.train_samples,
+        "test_samples": args.test_samples,
+        "epochs": args.epochs,
+        "input": "28x28 -> bilinear 128x128, grey -> 3 channels, [-1, 1]",
+        "head": "zero-initialised, 10 classes",
+        "int8": "batch 1, integer-only, simulator",
+        "seed": args.seed,
     }
 
 
@@ -209,17 +225,27 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--schemes", default="last-layer,bias-only,tte")
     ap.add_argument("--lr", type=float, default=0.01, help="int8 learning rate")
-    ap.add_argument("--lr-for", action="append", default=[], metavar="SCHEME=LR",
-                    help="the int8 learning rate of one scheme (repeatable), e.g. bias-only=0.003")
+    ap.add_argument(
+        "--lr-for",
+        action="append",
+        default=[],
+        metavar="SCHEME=LR",
+        help="the int8 learning rate of one scheme (repeatable), e.g. bias-only=0.003",
+    )
     ap.add_argument("--schedule", choices=("constant", "cosine"), default="constant", help="int8 lr schedule")
-    ap.add_argument("--float-lr", type=float, default=0.003)
+    ap.add_argument(
+        "--float-lr",
+        default="0.001,0.003,0.01",
+        help="learning rates of the float32 rows (comma-separated, one row each)",
+    )
     ap.add_argument("--no-float", action="store_true")
     ap.add_argument("--models", default="shipped,imagenet", help="shipped and/or imagenet (needs ../shared)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=1, help="models trained in parallel processes")
     ap.add_argument("--resume", action="store_true", help="reuse finished rows of an interrupted run")
-    ap.add_argument("--refresh-memory", action="store_true",
-                    help="only recompile the rows of --out and update their memory columns")
+    ap.add_argument(
+        "--refresh-memory", action="store_true", help="only recompile the rows of --out and update their memory columns"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "train_fmnist.json")
     ap.add_argument("--partial", type=Path, default=RESULTS / "train_fmnist.partial")
     args = ap.parse_args()
