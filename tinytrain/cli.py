@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tinytrain import __version__
+from tinytrain.cli_device import add_parsers as add_device_parsers
+from tinytrain.cli_device import save_weights
 from tinytrain.errors import TinytrainError, UsageError
 
 if TYPE_CHECKING:
@@ -106,18 +108,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from tinytrain.frontends.load import load_model
-    from tinytrain.frontends.tflite_writer import write_tflite
-
-    data = write_tflite(load_model(args.model))
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data)
-    print(f"wrote {out} ({len(data)} bytes)", file=sys.stderr)
-    return 0
-
-
 def _cmd_compile(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -189,7 +179,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         with progress_bar(f"train ({args.backend})", total, quiet=quiet) as advance, contextlib.ExitStack() as stack:
             report, tensors = _fit_backend(args.backend, compiled, train, test_ds, config, advance, stack)
     if args.save_weights:
-        np.savez(args.save_weights, **{k: tensors[k] for k in sorted(tensors)})  # type: ignore[arg-type]
+        save_weights(Path(args.save_weights), tensors)
     if args.plot:
         plot_curves(report, Path(args.plot), f"{compiled.scheme.name}: {len(train)} samples, lr {args.lr}")
     if args.json:
@@ -605,10 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_profile)
 
-    s = sub.add_parser("export", help="write a model (e.g. an MCUNet checkpoint) as .tflite")
-    s.add_argument("model")
-    s.add_argument("-o", "--output", required=True)
-    s.set_defaults(func=_cmd_export)
+    add_device_parsers(sub)
     return p
 
 

@@ -1,0 +1,243 @@
+"""The device commands of the ``tinytrain`` command line: ``train`` and ``pull`` talk to a
+training firmware over a serial port (``host_tools``: frames, retransmission, the
+application's commands); ``export --weights`` writes a trained ``.tflite``.
+
+A serial port is any pyserial URL: ``/dev/ttyACM0``, ``socket://127.0.0.1:N`` (``tinytrain
+emulate``), ``loop://``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tinytrain.errors import UsageError
+
+if TYPE_CHECKING:
+    from host_tools.device import Device
+    from host_tools.firmware import AppProgram
+    from tinytrain.train.compile import Compiled
+
+
+@contextmanager
+def open_device(url: str, program: AppProgram | None = None, timeout: float = 1.0) -> Iterator[Device]:
+    """A :class:`host_tools.device.Device` on the serial port ``url`` (closed on exit);
+    identified at once, so a wrong port or firmware fails before anything is sent."""
+    from host_tools.device import Device
+    from host_tools.link import Link, open_port
+
+    link = Link(open_port(url), timeout=timeout)
+    try:
+        dev = Device(link, program)
+        dev.identify()
+        yield dev
+    finally:
+        link.close()
+
+
+def _program(out: str | None) -> tuple[Compiled | None, AppProgram | None]:
+    if out is None:
+        return None, None
+    from host_tools.firmware import app_program, default_sample_shape
+    from tinytrain.train.compile import load_artifact
+
+    compiled = load_artifact(Path(out))
+    return compiled, app_program(compiled, default_sample_shape(compiled))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Streams samples to the device in the order ``simulate`` uses with the same seed (the
+    device preprocesses them), then evaluates the test samples on the device."""
+    from rich.console import Console
+
+    from tinytrain.report import progress_bar
+    from tinytrain.train.data import Dataset, epoch_order, load_dataset
+    from tinytrain.train.kernels.schedule import Schedule
+
+    if args.train_samples < 1 or args.test_samples < 0 or args.epochs < 1:
+        raise UsageError("--train-samples and --epochs must be >= 1, --test-samples >= 0")
+    train = load_dataset(args.data, "train")
+    train = Dataset(train.name, train.images[: args.train_samples], train.labels[: args.train_samples])
+    test = load_dataset(args.data, "test") if args.test_samples else None
+    _, program = _program(args.program)
+    quiet = args.json or args.quiet
+    losses: list[float] = []
+    correct: list[int] = []
+    epoch_loss: list[float] = []
+    with open_device(args.port, program) as dev:
+        ident = dev.identity
+        if int(np.prod(train.sample_shape)) != ident.input_bytes:
+            raise UsageError(
+                f"samples of shape {list(train.sample_shape)} ({int(np.prod(train.sample_shape))} bytes); "
+                f"the device's program takes {ident.input_bytes}-byte samples"
+            )
+        total = args.epochs * len(train)
+        if not args.resume:
+            dev.reset(args.seed)
+        dev.clear_stats()
+        dev.set_lr(args.lr)
+        dev.set_schedule(Schedule(args.schedule), total)
+        with progress_bar(f"train on {ident.board}", total, quiet=quiet) as advance:
+            for epoch in range(args.epochs):
+                start = len(losses)
+                for idx in epoch_order(len(train), args.seed, epoch):
+                    r = dev.train(train.images[idx], int(train.labels[idx]))
+                    losses.append(-math.log(max(r.p_label, 1) / 65536.0))
+                    correct.append(int(r.correct))
+                    advance(1)
+                epoch_loss.append(float(np.mean(losses[start:])))
+        acc = None
+        if test is not None:
+            n = args.test_samples
+            hits = 0
+            with progress_bar("evaluate", n, quiet=quiet) as advance:
+                for k in range(n):
+                    hits += int(np.argmax(dev.eval(test.images[k])) == int(test.labels[k]))
+                    advance(1)
+            acc = hits / n
+        stats = dev.stats()
+    summary = {
+        "device": ident.describe(),
+        "steps": len(losses),
+        "train_loss": epoch_loss,
+        "train_accuracy": float(np.mean(correct)),
+        "test_accuracy": acc,
+        "instructions_or_cycles_per_step": stats.counter_last_step,
+        "counter_unit": stats.counter_unit,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.quiet:
+        _print_summary(summary, Console())
+    return 0
+
+
+def _print_summary(summary: Mapping[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="training on the device")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    table.add_row("device", str(summary["device"]))
+    table.add_row("steps", str(summary["steps"]))
+    table.add_row("train loss per epoch", ", ".join(f"{v:.3f}" for v in summary["train_loss"]))
+    table.add_row("running train accuracy", f"{100 * summary['train_accuracy']:.1f} %")
+    acc = summary["test_accuracy"]
+    table.add_row("test accuracy (on the device)", "-" if acc is None else f"{100 * acc:.2f} %")
+    table.add_row(f"last step ({summary['counter_unit']})", f"{summary['instructions_or_cycles_per_step']:,}")
+    console.print(table)
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    """Reads every trained tensor back; the file has the names, shapes and dtypes of
+    ``simulate --save-weights`` (the untrained channels of a partly trained weight come
+    from the compiled program)."""
+    _, program = _program(args.program)
+    with open_device(args.port, program) as dev:
+        tensors = dev.pull()
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_weights(out, tensors)
+    total = sum(t.nbytes for t in tensors.values())
+    print(f"wrote {out} ({len(tensors)} tensors, {total:,} bytes)", file=sys.stderr)
+    return 0
+
+
+def save_weights(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
+    """The ``--save-weights`` format: one array per trained tensor, by model tensor name."""
+    np.savez(path, **{k: np.asarray(tensors[k]) for k in sorted(tensors)})  # type: ignore[arg-type]
+
+
+def load_weights(path: Path) -> dict[str, np.ndarray]:
+    """A weights file of :func:`save_weights`; a clear error for a missing or corrupt file."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: np.array(f[k]) for k in f.files}
+    except FileNotFoundError:
+        raise UsageError(f"weights file {path} not found") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise UsageError(f"weights file {path} is not a readable .npz ({e})") from None
+
+
+def export_trained(compiled: Compiled, weights: Mapping[str, np.ndarray]) -> bytes:
+    """The ``.tflite`` of ``compiled``'s model (with its new head) holding ``weights``:
+    every trained tensor, checked by name, shape and dtype before anything is written."""
+    from tinytrain.frontends.tflite_writer import write_tflite
+    from tinytrain.train.executor import Executor
+
+    ex = Executor(compiled.program, 0)
+    want = ex.trained_tensors()
+    unknown = sorted(set(weights) - set(want))
+    if unknown:
+        raise UsageError(f"the weights file has tensors the program does not train: {', '.join(unknown[:5])}")
+    missing = sorted(set(want) - set(weights))
+    if missing:
+        raise UsageError(f"the weights file lacks trained tensors: {', '.join(missing[:5])}")
+    for name, ref in want.items():
+        got = weights[name]
+        if got.shape != ref.shape or got.dtype != ref.dtype:
+            raise UsageError(
+                f"tensor {name!r} is {got.dtype}{list(got.shape)} in the weights file; "
+                f"the program trains {ref.dtype}{list(ref.shape)}"
+            )
+    ex.load_tensors(weights)
+    return write_tflite(ex.current_graph())
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tinytrain.frontends.load import load_model
+    from tinytrain.frontends.tflite_writer import write_tflite
+
+    src = Path(args.model)
+    if args.weights is not None:
+        if not src.is_dir():
+            raise UsageError("--weights needs a `tinytrain compile` output directory (it holds the new head)")
+        compiled, _ = _program(str(src))
+        assert compiled is not None
+        data = export_trained(compiled, load_weights(Path(args.weights)))
+    else:
+        data = write_tflite(load_model(src / "model.tflite" if src.is_dir() else src))
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    print(f"wrote {out} ({len(data)} bytes)", file=sys.stderr)
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """The device subcommands (``train``, ``pull``, ``export``)."""
+    s = sub.add_parser("train", help="train on a device over a serial port (samples streamed as simulate orders them)")
+    s.add_argument("--port", required=True, help="pyserial URL: /dev/ttyACM0, socket://127.0.0.1:N, ...")
+    s.add_argument("--data", default="fashion-mnist", help="fashion-mnist or an .npz with x (uint8 images) and y")
+    s.add_argument("--train-samples", type=int, default=1000)
+    s.add_argument("--test-samples", type=int, default=0, help="evaluated on the device at the end (default 0)")
+    s.add_argument("--epochs", type=int, default=1)
+    s.add_argument("--lr", type=float, default=0.01)
+    s.add_argument("--schedule", choices=("constant", "cosine"), default="constant")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--program", help="the compile output the firmware was built from (checked by IDENTIFY)")
+    s.add_argument("--resume", action="store_true", help="keep the device's weights (default: reset with --seed)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("pull", help="read the trained tensors of a device into an .npz (simulate --save-weights names)")
+    s.add_argument("--port", required=True)
+    s.add_argument("--program", required=True, help="the compile output the firmware was built from")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=cmd_pull)
+
+    s = sub.add_parser("export", help="write a model (an MCUNet checkpoint, or a compile output) as .tflite")
+    s.add_argument("model", help="a model file, or a `tinytrain compile` output directory")
+    s.add_argument("--weights", help="trained tensors (.npz from simulate --save-weights or pull); needs an OUT dir")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=cmd_export)
