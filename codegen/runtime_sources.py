@@ -31,6 +31,8 @@ DSP_REPLACES: MappingProxyType[str, str] = MappingProxyType(
     {
         "tt_fc.c": "dsp/tt_fc_dsp.c",
         "tt_fused_block_stages.c": "dsp/tt_fused_block_stages_dsp.c",
+        "tt_linear_bwd.c": "dsp/tt_linear_bwd_dsp.c",
+        "tt_update.c": "dsp/tt_update_dsp.c",
     }
 )
 """Reference source (in ``src/``) -> its optimized replacement (relative to the runtime dir)."""

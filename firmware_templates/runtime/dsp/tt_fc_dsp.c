@@ -164,7 +164,7 @@ tt_status tt_fc_s8(const tt_fc_params *p, const int8_t *in, const int8_t *w, con
     if (mode == TT_PATCH_NONE && p->w_zp == 0) {
         const tt_dsp_gemm g = {p->rows, p->in_c, p->out_c, -p->in_zp, p->mult, p->shift,
                                p->out_zp, p->act_min - p->out_zp, p->act_max - p->out_zp};
-        tt_dsp_gemm_s8(&g, in, (size_t)p->in_c, w, bias, out, (size_t)p->out_c);
+        tt_dsp_gemm_rq_s8(&g, in, (size_t)p->in_c, w, bias, out, (size_t)p->out_c);
         return TT_OK;
     }
     const fc_ctx c = {in, w, bias, p->in_c, -p->in_zp, (uint32_t)(-p->w_zp), mode, patch};

@@ -293,4 +293,225 @@ static inline void tt_dsp_gemm_s8(const tt_dsp_gemm *g, const int8_t *x, size_t 
     }
 }
 
+/* ------------------------------------------------ added for the backward kernels */
+
+/* SMLATB: acc + hi(x) * lo(y); SMLABT: acc + lo(x) * hi(y) (int16 halves, modulo 2^32). */
+#if TT_DSP_NATIVE
+static inline uint32_t tt_smlatb(uint32_t x, uint32_t y, uint32_t acc) {
+    return (uint32_t)__smlatb((int32_t)x, (int32_t)y, (int32_t)acc);
+}
+static inline uint32_t tt_smlabt(uint32_t x, uint32_t y, uint32_t acc) {
+    return (uint32_t)__smlabt((int32_t)x, (int32_t)y, (int32_t)acc);
+}
+#else
+static inline uint32_t tt_smlatb(uint32_t x, uint32_t y, uint32_t acc) {
+    return acc + (uint32_t)(tt_dsp_hi16(x) * tt_dsp_lo16(y));
+}
+static inline uint32_t tt_smlabt(uint32_t x, uint32_t y, uint32_t acc) {
+    return acc + (uint32_t)(tt_dsp_lo16(x) * tt_dsp_hi16(y));
+}
+#endif
+
+/* ------------------------------------------- per-channel requantization, precomputed */
+
+/*
+ * tt_requant_s8 with its per-channel work done once (tt_dsp_rq_make) and, for the usual
+ * channels (multiplier q > 2^30, shift -r with 1 <= r <= 31), both roundings of tt_mbqm
+ * in one 64-bit sum:
+ *   tt_mbqm(x, q, -r) = floor((x q + 2^30 + 2^(30 + r) - [x < 0] 2^31) / 2^(31 + r)).
+ * Proof: SaturatingRoundingDoublingHighMul (x q never saturates, q != INT32_MIN) is
+ * hm = floor((x q + 2^30) / 2^31) (see tt_dsp_requant_s8); RoundingDivideByPOT(hm, r)
+ * (mask = 2^r - 1, threshold = 2^(r-1) - 1 + [hm < 0], + 1 when hm & mask > threshold)
+ * is floor((hm + 2^(r-1) - [hm < 0]) / 2^r); nested floors of integer quotients merge:
+ * floor((floor(t / 2^31) + K) / 2^r) = floor((t + K 2^31) / 2^(31 + r)); and
+ * hm < 0 <=> x q + 2^30 < 0 <=> x < 0 because q > 2^30 (x <= -1 gives x q <= -q < -2^30).
+ * |x q| < 2^62, so the sum fits an int64. On the DSP extension: two SMLAL (the start
+ * value 2^30 + 2^(30 + r), x * q, (x >>> 31) * INT32_MIN) and one ASR of the high word
+ * by r - 1. Other channels (q <= 2^30, shift >= 0): tt_dsp_requant_s8.
+ */
+typedef struct {
+    int32_t q;    /* multiplier */
+    int32_t rs;   /* fast: r - 1; otherwise the shift */
+    uint32_t lo;  /* fast: low word of 2^30 + 2^(30 + r) */
+    uint32_t hi;  /* fast: its high word */
+    int32_t fast; /* 1: q > 2^30 and -31 <= shift <= -1 */
+} tt_dsp_rq;
+
+static inline tt_dsp_rq tt_dsp_rq_make(int32_t q, int32_t shift) {
+    tt_dsp_rq r;
+    r.q = q;
+    r.fast = q > 0x40000000 && shift <= -1 && shift >= -31;
+    if (r.fast) {
+        const int rr = (int)-shift;
+        const uint64_t c = ((uint64_t)1 << 30) + ((uint64_t)1 << (30 + rr));
+        r.rs = rr - 1;
+        r.lo = (uint32_t)c;
+        r.hi = (uint32_t)(c >> 32);
+    } else {
+        r.rs = shift;
+        r.lo = 0u;
+        r.hi = 0u;
+    }
+    return r;
+}
+
+/* tt_mbqm(wrap32(acc), q, shift) for a fast channel (r->fast). */
+static inline int32_t tt_dsp_rq_fast(uint32_t acc, const tt_dsp_rq *r) {
+#if TT_DSP_NATIVE
+    uint32_t lo = r->lo, hi = r->hi;
+    int32_t m;
+    __asm__("smlal %0, %1, %3, %4\n\t"
+            "lsr %2, %3, #31\n\t"
+            "smlal %0, %1, %2, %5\n\t"
+            "asr %2, %1, %6"
+            : "+&r"(lo), "+&r"(hi), "=&r"(m)
+            : "r"(acc), "r"(r->q), "r"(0x80000000u), "r"(r->rs));
+    return m;
+#else
+    const int64_t x = (int64_t)tt_wrap32((int64_t)acc);
+    const int64_t c = (int64_t)(((uint64_t)r->hi << 32) | (uint64_t)r->lo);
+    const int64_t t = c + x * (int64_t)r->q - (x < 0 ? ((int64_t)1 << 31) : 0);
+    return (int32_t)tt_asr64(t, 32 + (int)r->rs);
+#endif
+}
+
+/* tt_requant_s8(acc, q, shift, zp, lo_z, hi_z) for any channel. */
+static inline int8_t tt_dsp_rq_s8(uint32_t acc, const tt_dsp_rq *r, int32_t zp, int32_t lo_z, int32_t hi_z) {
+    if (r->fast) {
+        return (int8_t)(tt_clamp32(tt_dsp_rq_fast(acc, r), lo_z, hi_z) + zp);
+    }
+    return tt_dsp_requant_s8(acc, r->q, (int)r->rs, zp, lo_z, hi_z);
+}
+
+/* clamp(v, lo_z, hi_z) + zp as int8 (v: a fast channel's tt_dsp_rq_fast). */
+static inline int8_t tt_dsp_rq_out(int32_t v, int32_t zp, int32_t lo_z, int32_t hi_z) {
+    return (int8_t)(tt_clamp32(v, lo_z, hi_z) + zp);
+}
+
+/* ------------------------------------------------------- GEMM with tt_dsp_rq requantization */
+
+/* One 4-byte step of tt_dsp_dot_2x2_w: x words xa, xb against weight words wa, wb (ordered
+ * so that at most six temporaries are live). */
+#define TT_DSP_STEP_2X2(xa, xb, wa, wb)                                                                                 \
+    do {                                                                                                               \
+        const uint32_t xa_e = tt_sxtb16(xa), xa_o = tt_sxtb16_ror8(xa);                                                \
+        const uint32_t xb_e = tt_sxtb16(xb), xb_o = tt_sxtb16_ror8(xb);                                                \
+        const uint32_t wa_e = tt_sxtb16(wa), wa_o = tt_sxtb16_ror8(wa);                                                \
+        a00 = tt_smlad(xa_e, wa_e, a00);                                                                               \
+        a10 = tt_smlad(xb_e, wa_e, a10);                                                                               \
+        a00 = tt_smlad(xa_o, wa_o, a00);                                                                               \
+        a10 = tt_smlad(xb_o, wa_o, a10);                                                                               \
+        const uint32_t wb_e = tt_sxtb16(wb), wb_o = tt_sxtb16_ror8(wb);                                                \
+        a01 = tt_smlad(xa_e, wb_e, a01);                                                                               \
+        a11 = tt_smlad(xb_e, wb_e, a11);                                                                               \
+        a01 = tt_smlad(xa_o, wb_o, a01);                                                                               \
+        a11 = tt_smlad(xb_o, wb_o, a11);                                                                               \
+    } while (0)
+
+/* acc[0..3] += raw dots x0.w0, x0.w1, x1.w0, x1.w1 over len bytes (modulo 2^32): 8 bytes per
+ * loop step (the pointer and counter upkeep of a step spread over 32 products), then 4,
+ * then the last len % 4 bytes. */
+static inline void tt_dsp_dot_2x2_w(const int8_t *x0, const int8_t *x1, const int8_t *w0, const int8_t *w1, int32_t len,
+                                    uint32_t acc[4]) {
+    uint32_t a00 = acc[0], a01 = acc[1], a10 = acc[2], a11 = acc[3];
+    int32_t n8 = len >> 3;
+    while (n8-- > 0) {
+        uint32_t xa = tt_ld32(x0), xb = tt_ld32(x1), wa = tt_ld32(w0), wb = tt_ld32(w1);
+        TT_DSP_STEP_2X2(xa, xb, wa, wb);
+        xa = tt_ld32(x0 + 4);
+        xb = tt_ld32(x1 + 4);
+        wa = tt_ld32(w0 + 4);
+        wb = tt_ld32(w1 + 4);
+        TT_DSP_STEP_2X2(xa, xb, wa, wb);
+        x0 += 8;
+        x1 += 8;
+        w0 += 8;
+        w1 += 8;
+    }
+    if ((len & 4) != 0) {
+        const uint32_t xa = tt_ld32(x0), xb = tt_ld32(x1), wa = tt_ld32(w0), wb = tt_ld32(w1);
+        TT_DSP_STEP_2X2(xa, xb, wa, wb);
+        x0 += 4;
+        x1 += 4;
+        w0 += 4;
+        w1 += 4;
+    }
+    acc[0] = a00;
+    acc[1] = a01;
+    acc[2] = a10;
+    acc[3] = a11;
+    if ((len & 3) != 0) {
+        tt_dot_2x2(x0, x1, 0, w0, w1, len & 3, acc);
+    }
+}
+
+/* Stores the 2 x 2 block acc (rows y0, y0 + y_stride; channels rq[0], rq[1]). */
+static inline void tt_dsp_store_2x2(const uint32_t acc[4], const tt_dsp_rq rq[2], int32_t zp, int32_t lo_z,
+                                    int32_t hi_z, int8_t *y0, size_t y_stride) {
+    if (rq[0].fast && rq[1].fast) {
+        y0[0] = tt_dsp_rq_out(tt_dsp_rq_fast(acc[0], &rq[0]), zp, lo_z, hi_z);
+        y0[1] = tt_dsp_rq_out(tt_dsp_rq_fast(acc[1], &rq[1]), zp, lo_z, hi_z);
+        y0[y_stride] = tt_dsp_rq_out(tt_dsp_rq_fast(acc[2], &rq[0]), zp, lo_z, hi_z);
+        y0[y_stride + 1] = tt_dsp_rq_out(tt_dsp_rq_fast(acc[3], &rq[1]), zp, lo_z, hi_z);
+        return;
+    }
+    y0[0] = tt_dsp_rq_s8(acc[0], &rq[0], zp, lo_z, hi_z);
+    y0[1] = tt_dsp_rq_s8(acc[1], &rq[1], zp, lo_z, hi_z);
+    y0[y_stride] = tt_dsp_rq_s8(acc[2], &rq[0], zp, lo_z, hi_z);
+    y0[y_stride + 1] = tt_dsp_rq_s8(acc[3], &rq[1], zp, lo_z, hi_z);
+}
+
+/* tt_dsp_gemm_s8 (same arguments, same bytes) with tt_dsp_rq requantization and the
+ * tt_dsp_dot_2x2_w blocks. */
+static inline void tt_dsp_gemm_rq_s8(const tt_dsp_gemm *g, const int8_t *x, size_t x_stride, const int8_t *w,
+                                     const int32_t *bias, int8_t *y, size_t y_stride) {
+    const int32_t k = g->k;
+    const int32_t zp = g->zp, lo_z = g->lo_z, hi_z = g->hi_z;
+    int32_t o = 0;
+    for (; o + 2 <= g->cols; o += 2) {
+        const int8_t *w0 = w + (size_t)o * (size_t)k;
+        const int8_t *w1 = w0 + k;
+        const uint32_t b0 = tt_dsp_channel_base(g, w0, bias, o);
+        const uint32_t b1 = tt_dsp_channel_base(g, w1, bias, o + 1);
+        const tt_dsp_rq rq[2] = {tt_dsp_rq_make(g->mult[o], g->shift[o]),
+                                 tt_dsp_rq_make(g->mult[o + 1], g->shift[o + 1])};
+        int32_t r = 0;
+        if (rq[0].fast && rq[1].fast) {
+            for (; r + 2 <= g->rows; r += 2) {
+                const int8_t *x0 = x + (size_t)r * x_stride;
+                uint32_t acc[4] = {b0, b1, b0, b1};
+                tt_dsp_dot_2x2_w(x0, x0 + x_stride, w0, w1, k, acc);
+                int8_t *y0 = y + (size_t)r * y_stride + o;
+                y0[0] = tt_dsp_rq_out(tt_dsp_rq_fast(acc[0], &rq[0]), zp, lo_z, hi_z);
+                y0[1] = tt_dsp_rq_out(tt_dsp_rq_fast(acc[1], &rq[1]), zp, lo_z, hi_z);
+                y0[y_stride] = tt_dsp_rq_out(tt_dsp_rq_fast(acc[2], &rq[0]), zp, lo_z, hi_z);
+                y0[y_stride + 1] = tt_dsp_rq_out(tt_dsp_rq_fast(acc[3], &rq[1]), zp, lo_z, hi_z);
+            }
+        } else {
+            for (; r + 2 <= g->rows; r += 2) {
+                const int8_t *x0 = x + (size_t)r * x_stride;
+                uint32_t acc[4] = {b0, b1, b0, b1};
+                tt_dsp_dot_2x2_w(x0, x0 + x_stride, w0, w1, k, acc);
+                tt_dsp_store_2x2(acc, rq, zp, lo_z, hi_z, y + (size_t)r * y_stride + o, y_stride);
+            }
+        }
+        if (r < g->rows) {
+            uint32_t acc[2] = {b0, b1};
+            tt_dsp_dot_1x2(x + (size_t)r * x_stride, w0, w1, k, acc);
+            int8_t *y0 = y + (size_t)r * y_stride + o;
+            y0[0] = tt_dsp_rq_s8(acc[0], &rq[0], zp, lo_z, hi_z);
+            y0[1] = tt_dsp_rq_s8(acc[1], &rq[1], zp, lo_z, hi_z);
+        }
+    }
+    if (o < g->cols) {
+        const int8_t *w0 = w + (size_t)o * (size_t)k;
+        const uint32_t b0 = tt_dsp_channel_base(g, w0, bias, o);
+        const tt_dsp_rq rq = tt_dsp_rq_make(g->mult[o], g->shift[o]);
+        for (int32_t r = 0; r < g->rows; ++r) {
+            const uint32_t acc = b0 + tt_dsp_dot_1x1(x + (size_t)r * x_stride, w0, k);
+            y[(size_t)r * y_stride + (size_t)o] = tt_dsp_rq_s8(acc, &rq, zp, lo_z, hi_z);
+        }
+    }
+}
+
 #endif /* TT_DSP_H */

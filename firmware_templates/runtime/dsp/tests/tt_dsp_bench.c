@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "tt_board.h"
+#include "tt_dsp.h"
 #include "tt_fc.h"
 #include "tt_fused_block.h"
 
@@ -100,6 +101,42 @@ static void bench_fc(const char *name, uint32_t seed, int32_t rows, int32_t k, i
     uint64_t t2 = tt_board_cycles();
     int equal = s_ref == TT_OK && s_dsp == TT_OK && memcmp(out_ref, out_dsp, (size_t)(rows * cols)) == 0;
     report(name, t1 - t0, t2 - t1, equal);
+}
+
+/* tt_dsp_rq_s8 (the inline-assembly SMLAL path on the device) == tt_requant_s8 on random
+ * accumulators (small and full-range), multipliers (edge values included) and shifts. */
+#define RQ_N 4096
+static uint32_t rq_acc[RQ_N];
+static int32_t rq_q[RQ_N], rq_shift[RQ_N];
+
+static void bench_rq(const char *name, uint32_t seed) {
+    static const int32_t q_edges[4] = {0x40000000, 0x40000001, 0x7FFFFFFF, 0};
+    rng_state = seed;
+    for (int32_t i = 0; i < RQ_N; ++i) {
+        const uint32_t r = xorshift32();
+        rq_acc[i] = (r & 1u) ? xorshift32() : (uint32_t)uniform(-1000000, 1000000);
+        rq_q[i] = (r & 6u) == 0u ? q_edges[(r >> 3) & 3u] : (int32_t)(0x40000000u | (xorshift32() >> 2));
+        rq_shift[i] = (r & 0x60u) == 0u ? uniform(-31, 3) : uniform(-14, -1);
+    }
+    const int32_t zp = uniform(-128, 127), lo = uniform(-128, 0), hi = uniform(1, 127);
+    uint32_t h_ref = 0, h_dsp = 0;
+    int equal = 1;
+    uint64_t t0 = tt_board_cycles();
+    for (int32_t i = 0; i < RQ_N; ++i) {
+        out_ref[i] = tt_requant_s8(rq_acc[i], rq_q[i], (int)rq_shift[i], zp, lo - zp, hi - zp);
+    }
+    uint64_t t1 = tt_board_cycles();
+    for (int32_t i = 0; i < RQ_N; ++i) {
+        const tt_dsp_rq r = tt_dsp_rq_make(rq_q[i], rq_shift[i]);
+        out_dsp[i] = tt_dsp_rq_s8(rq_acc[i], &r, zp, lo - zp, hi - zp);
+    }
+    uint64_t t2 = tt_board_cycles();
+    for (int32_t i = 0; i < RQ_N; ++i) {
+        h_ref = h_ref * 31u + (uint32_t)(uint8_t)out_ref[i];
+        h_dsp = h_dsp * 31u + (uint32_t)(uint8_t)out_dsp[i];
+        equal &= out_ref[i] == out_dsp[i];
+    }
+    report(name, t1 - t0, t2 - t1, equal && h_ref == h_dsp);
 }
 
 static tt_fb_stage stage(const int8_t *w, const int32_t *mult, const int32_t *shift, int32_t in_zp, int32_t relu6) {
@@ -211,6 +248,8 @@ int main(void) {
     tt_board_puts(" (");
     tt_board_puts(tt_board_counter_unit());
     tt_board_puts(")\n");
+    bench_rq("rq_random_a", 21u);
+    bench_rq("rq_random_b", 22u);
     /* 1x1 convolutions / FC of MobileNetV2-w0.35 (96 x 96 input) */
     bench_fc("fc_expand_12x12_16to96", 1u, 144, 16, 96);
     bench_fc("fc_project_12x12_96to16", 2u, 144, 96, 16);

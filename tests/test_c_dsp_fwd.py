@@ -1,0 +1,211 @@
+"""The dsp forward kernels (precomputed requantization ``tt_dsp_rq``, the unrolled 2x2 GEMM,
+the gathered-window stem, the pre-extended depthwise) compute the reference backend's bytes.
+
+Host builds (the intrinsics' portable fallbacks): the requantization helper against
+``tt_requant_s8`` on random and edge accumulators / multipliers / shifts (fast and generic
+channels); ``tt_fc_s8`` and ``tt_fused_block_s8`` of the dsp build against the reference
+build with edge multipliers (q = 2^30, 2^30 + 1, 2^31 - 1, 0; shift -31, -1, 0, > 0), odd
+sizes, channel counts that are not multiples of 4, stems with 1..5 input channels and
+depthwise windows of 1 to 49 taps; and every fused block of the shipped MBV2. The native
+(inline-assembly) requantization runs in QEMU: ``tt_dsp_bench.c`` (tests/test_c_dsp.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codegen.cparams.forward import TtFcParams, declare_forward
+from codegen.cparams.fused_block import FusedBlockC, declare, fused_block_c, run_c_fused_block
+from codegen.runtime_sources import RUNTIME_INCLUDE, runtime_sources
+from tests.test_fused_block import Case, build
+from tinytrain.frontends.load import load_model
+from tinytrain.ir.ops import Padding
+from tinytrain.models.ship import MBV2, shipped
+from tinytrain.passes.fuse_blocks import fuse_frozen_blocks
+from tinytrain.testing.cbuild import build_shared
+
+SHIM = r"""
+#include "tt_dsp.h"
+void tt_test_dsp_rq(int32_t n, const uint32_t *acc, const int32_t *q, const int32_t *shift, const int32_t *zp,
+                    const int32_t *lo, const int32_t *hi, int8_t *ref, int8_t *dsp, int32_t *fast) {
+    for (int32_t i = 0; i < n; ++i) {
+        const tt_dsp_rq r = tt_dsp_rq_make(q[i], shift[i]);
+        ref[i] = tt_requant_s8(acc[i], q[i], (int)shift[i], zp[i], lo[i] - zp[i], hi[i] - zp[i]);
+        dsp[i] = tt_dsp_rq_s8(acc[i], &r, zp[i], lo[i] - zp[i], hi[i] - zp[i]);
+        fast[i] = r.fast;
+    }
+}
+"""
+
+Q_EDGES = np.array([0, 1, 1 << 30, (1 << 30) + 1, (1 << 31) - 1, (1 << 31) - 2, 1518500250], np.int64)
+SHIFT_EDGES = np.array([-31, -30, -2, -1, 0, 1, 2], np.int64)
+
+
+@pytest.fixture(scope="module")
+def libs(tmp_path_factory: pytest.TempPathFactory) -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    """(reference build, dsp build) of the runtime, the dsp one with the requantization shim."""
+    d = tmp_path_factory.mktemp("c")
+    shim = d / "tt_test_dsp_rq.c"
+    shim.write_text(SHIM)
+    ref = ctypes.CDLL(str(build_shared(runtime_sources("ref"), d, name="ttref")))
+    dsp = ctypes.CDLL(str(build_shared([*runtime_sources("dsp"), shim], d, (RUNTIME_INCLUDE,), name="ttdspfwd")))
+    for lib in (ref, dsp):
+        declare_forward(lib)
+        declare(lib)
+    return ref, dsp
+
+
+def _edge_multipliers(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (q, shift): a mix of edge values and usual ones (q in (2^30, 2^31), shift < 0)."""
+    q = rng.integers((1 << 30) + 1, 1 << 31, n)
+    s = rng.integers(-20, 0, n)
+    edge = rng.random(n) < 0.4
+    q[edge] = rng.choice(Q_EDGES, int(edge.sum()))
+    edge = rng.random(n) < 0.4
+    s[edge] = rng.choice(SHIFT_EDGES, int(edge.sum()))
+    return q.astype(np.int32), s.astype(np.int32)
+
+
+def test_requant_helper_matches_tt_requant_s8(libs: tuple[ctypes.CDLL, ctypes.CDLL]) -> None:
+    _, dsp = libs
+    rng = np.random.default_rng(5)
+    n = 400_000
+    acc = rng.integers(0, 1 << 32, n, dtype=np.uint64)
+    small = rng.random(n) < 0.5  # accumulators of real layers: small magnitudes, both signs
+    acc[small] = (rng.integers(-(1 << 20), 1 << 20, int(small.sum())) % (1 << 32)).astype(np.uint64)
+    edges = np.array([0, 1, 2**32 - 1, 2**31, 2**31 - 1, 2**31 + 1, 2**30, 3 * 2**30, 2**30 - 1], np.uint64)
+    acc[: edges.size * 40] = np.repeat(edges, 40)
+    acc = acc.astype(np.uint32)
+    q, shift = _edge_multipliers(rng, n)
+    q[rng.random(n) < 0.05] *= -1  # negative multipliers (tt_fc_s8 accepts them): the generic path
+    q[: edges.size * 40] = np.tile(np.array([1 << 30, (1 << 30) + 1, (1 << 31) - 1, -(1 << 31), 0], np.int32), 72)
+    zp = rng.integers(-128, 128, n).astype(np.int32)
+    a, b = rng.integers(-128, 128, (2, n))
+    lo, hi = np.minimum(a, b).astype(np.int32), np.maximum(a, b).astype(np.int32)
+    full = rng.random(n) < 0.5
+    lo[full], hi[full] = -128, 127
+    ref = np.empty(n, np.int8)
+    got = np.empty(n, np.int8)
+    fast = np.empty(n, np.int32)
+    ptrs = [v.ctypes.data for v in (acc, q, shift, zp, lo, hi, ref, got, fast)]
+    dsp.tt_test_dsp_rq(ctypes.c_int32(n), *[ctypes.c_void_p(p) for p in ptrs])
+    assert np.array_equal(ref, got)
+    assert 0.2 < fast.mean() < 0.8  # both paths ran
+
+
+# ------------------------------------------------------------------------------ FC / 1x1
+
+
+def _fc(lib: ctypes.CDLL, s: TtFcParams, x: np.ndarray, w: np.ndarray, bias: np.ndarray, out_c: int) -> np.ndarray:
+    y = np.full((x.shape[0], out_c), 0x55, np.int8)
+    st = lib.tt_fc_s8(ctypes.byref(s), x.ctypes.data, w.ctypes.data, bias.ctypes.data, None, y.ctypes.data)
+    assert st == 0
+    return y
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 23, 24, 31, 112])
+def test_fc_edge_multipliers(libs: tuple[ctypes.CDLL, ctypes.CDLL], k: int) -> None:
+    ref, dsp = libs
+    rng = np.random.default_rng(k)
+    i32p = ctypes.POINTER(ctypes.c_int32)
+    for rows, out_c in ((1, 1), (2, 3), (5, 8), (7, 33)):
+        x = rng.integers(-128, 128, (rows, k), dtype=np.int8)
+        w = rng.integers(-128, 128, (out_c, k), dtype=np.int8)
+        bias = rng.integers(-(2**31), 2**31, out_c, dtype=np.int64).astype(np.int32)
+        bias[rng.random(out_c) < 0.5] = 0
+        q, shift = _edge_multipliers(rng, out_c)
+        for in_zp, out_zp, lo, hi in ((-128, -128, -128, 127), (127, 5, -100, 90), (0, 127, -128, 0)):
+            s = TtFcParams(rows=rows, in_c=k, out_c=out_c, in_zp=in_zp, w_zp=0, out_zp=out_zp, act_min=lo, act_max=hi,
+                           mult=q.ctypes.data_as(i32p), shift=shift.ctypes.data_as(i32p))  # fmt: skip
+            assert np.array_equal(_fc(dsp, s, x, w, bias, out_c), _fc(ref, s, x, w, bias, out_c)), (rows, out_c)
+
+
+# ------------------------------------------------------------------------ fused blocks
+
+
+def _requantized(fb: FusedBlockC, rng: np.random.Generator) -> FusedBlockC:
+    """fb with edge multipliers in every stage."""
+
+    def stage(st):  # type: ignore[no-untyped-def]
+        q, s = _edge_multipliers(rng, st.multiplier.size)
+        return replace(st, multiplier=np.abs(q).astype(np.int32), shift=np.minimum(s, 30).astype(np.int32))
+
+    lead = stage(fb.lead) if fb.lead is not None else None
+    return replace(fb, lead=lead, dw=stage(fb.dw), proj=stage(fb.proj))
+
+
+def _same(ref: ctypes.CDLL, dsp: ctypes.CDLL, fb: FusedBlockC, x: np.ndarray, stream: bool) -> None:
+    want = run_c_fused_block(ref, fb, x, ("lead", "depthwise", "project") if fb.lead else ("depthwise", "project"))
+    got = run_c_fused_block(dsp, fb, x, ("lead", "depthwise", "project") if fb.lead else ("depthwise", "project"))
+    assert want.status == got.status == 0
+    assert np.array_equal(got.output, want.output)
+    for r in want.masks:
+        assert np.array_equal(got.masks[r], want.masks[r]), r
+    if stream:
+        s = run_c_fused_block(dsp, fb, x, stream=True)
+        assert s.status == 0 and np.array_equal(s.output, want.output)
+
+
+BLOCKS = [
+    *(
+        Case(f"stem_cin{c}", 2 * h, 2 * w, c, 3, s, lead="stem", expand=e, cout=o)
+        for c, h, w, s, e, o in (
+            (1, 5, 7, 1, 5, 3),
+            (2, 6, 5, 2, 3, 4),
+            (3, 8, 9, 1, 6, 8),
+            (3, 7, 6, 2, 3, 5),
+            (4, 5, 5, 1, 2, 7),
+            (5, 6, 7, 1, 3, 2),
+        )
+    ),
+    Case("stem_pad", 14, 12, 3, 3, 1, lead="stem_pad", expand=6, cout=8),
+    *(
+        Case(f"dw_k{k}_s{s}_c{c}", h, w, c, k, s, expand=e, cout=o)
+        for k, s, c, h, w, e, o in (
+            (1, 1, 4, 5, 6, 2, 3),
+            (3, 1, 8, 7, 9, 6, 8),
+            (3, 2, 8, 9, 8, 6, 8),
+            (3, 1, 5, 6, 7, 3, 5),
+            (5, 1, 4, 9, 8, 3, 6),
+            (5, 2, 3, 11, 9, 5, 7),
+            (7, 1, 4, 9, 10, 2, 4),
+        )
+    ),
+    Case("dw_dilated", 11, 11, 8, 3, 1, dilation=2, residual="first"),
+    Case("residual_no_lead", 9, 7, 12, 3, 1, lead="none", residual="second"),
+    Case("valid_odd", 10, 9, 6, 3, 2, padding=Padding.VALID, expand=5, cout=9),
+]
+
+
+@pytest.mark.parametrize("case", BLOCKS, ids=[c.name for c in BLOCKS])
+def test_fused_block_dsp_equals_reference(libs: tuple[ctypes.CDLL, ctypes.CDLL], case: Case) -> None:
+    ref, dsp = libs
+    rng = np.random.default_rng(len(case.name) * 7919 + case.cin)
+    graph = build(case, seed=int(rng.integers(1 << 30)))
+    fb = fused_block_c(graph, range(len(graph.ops)))
+    x = rng.integers(-128, 128, (2, *fb.in_hwc), dtype=np.int8)
+    stream = case.lead.startswith("stem") and not case.residual
+    _same(ref, dsp, fb, x, stream)
+    for _ in range(3):
+        _same(ref, dsp, _requantized(fb, rng), x, stream)
+
+
+def test_shipped_mbv2_fused_blocks_dsp_equals_reference(libs: tuple[ctypes.CDLL, ctypes.CDLL]) -> None:
+    ref, dsp = libs
+    graph = load_model(shipped(MBV2))
+    fused = fuse_frozen_blocks(graph, len(graph.ops))
+    assert fused.blocks
+    rng = np.random.default_rng(11)
+    for block in fused.blocks:
+        fb = fused_block_c(graph, block.op_indices)
+        x = rng.integers(-128, 128, (1, *fb.in_hwc), dtype=np.int8)
+        _same(ref, dsp, fb, x, stream=False)
+
+
+def test_shim_is_not_part_of_the_runtime() -> None:
+    assert all(Path(p).name != "tt_test_dsp_rq.c" for p in runtime_sources("dsp"))
