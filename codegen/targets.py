@@ -41,6 +41,9 @@ DEFAULT_STACK_BYTES = 4096
 """main()'s stack (the PSP, at the bottom of RAM): the runtime has no recursion nor VLAs."""
 HANDLER_STACK_BYTES = 1024
 """The exception stack (MSP): fault reports and the SysTick handler run on it."""
+CODE_OFFSET_ALIGN = 512
+"""A program linked at an offset into flash starts with its vector table, which VTOR needs
+aligned to 512 bytes (the table's size rounded up to a power of two)."""
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -137,7 +140,12 @@ class Target:
 M4F_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
 M7_FLAGS = ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16")
 _COMMON_ARM_SOURCES = ("tt_board_io.c", "common/tt_startup.c")
-_QEMU_SOURCES = (*_COMMON_ARM_SOURCES, "common/tt_board_mps2.c", "common/tt_counter_systick.c")
+_QEMU_SOURCES = (
+    *_COMMON_ARM_SOURCES,
+    "common/tt_board_mps2.c",
+    "common/tt_counter_systick.c",
+    "common/tt_board_storage_mps2.c",
+)
 
 
 def _arm(
@@ -200,7 +208,7 @@ def _board(
         description,
         TargetKind.BOARD,
         flags,
-        (*_COMMON_ARM_SOURCES, "common/tt_counter_dwt.c", source),
+        (*_COMMON_ARM_SOURCES, "common/tt_counter_dwt.c", source, f"{name}/tt_board_storage.c"),
         flash,
         MemoryRegion(0x2000_0000, ram_bytes),
         ram_bytes,
@@ -238,7 +246,7 @@ TARGETS: Mapping[str, Target] = MappingProxyType(
             kind=TargetKind.HOST,
             cc="gcc",
             cpu_flags=(),
-            board_sources=("tt_board_io.c", "host/tt_board_host.c"),
+            board_sources=("tt_board_io.c", "host/tt_board_host.c", "host/tt_board_storage_host.c"),
             board_include_dirs=(".",),
             linker_template=None,
             flash=None,
@@ -279,13 +287,22 @@ def resolve_budget(
     sram_bytes: int | None = None,
     flash_bytes: int | None = None,
     stack_bytes: int = DEFAULT_STACK_BYTES,
+    code_offset: int = 0,
 ) -> Budget:
-    """Checks a budget against the part (None = the target's default) and returns it."""
+    """Checks a budget against the part (None = the target's default) and returns it.
+    ``code_offset``: the program's flash starts that many bytes into the part's flash (below
+    it sits the bootloader), so the flash budget is at most the rest of the part (the
+    default budget is capped to it)."""
     t = get_target(target)
     if t.ram is None or t.flash is None or t.default_sram_bytes is None or t.default_flash_bytes is None:
         raise UsageError(f"target {t.name} has no memory budget (it is not a microcontroller)")
+    if not 0 <= code_offset < t.flash.size or code_offset % CODE_OFFSET_ALIGN:
+        raise UsageError(
+            f"code offset {code_offset} for {t.name}: must be a multiple of {CODE_OFFSET_ALIGN} bytes "
+            f"(the vector table's alignment) inside the part's {t.flash.size} bytes of flash"
+        )
     sram = t.default_sram_bytes if sram_bytes is None else sram_bytes
-    flash = t.default_flash_bytes if flash_bytes is None else flash_bytes
+    flash = min(t.default_flash_bytes, t.flash.size - code_offset) if flash_bytes is None else flash_bytes
     if stack_bytes <= 0 or stack_bytes % 8:
         raise UsageError(f"stack size must be a positive multiple of 8 bytes, got {stack_bytes}")
     if sram % 8 or flash % 8:
@@ -295,8 +312,11 @@ def resolve_budget(
             f"SRAM budget {sram} bytes for {t.name}: must exceed the stacks "
             f"({stack_bytes} + {HANDLER_STACK_BYTES} bytes) and be at most the part's {t.ram.size} bytes"
         )
-    if not 0 < flash <= t.flash.size:
-        raise UsageError(f"flash budget {flash} bytes for {t.name}: must be in 1..{t.flash.size} bytes")
+    if not 0 < flash <= t.flash.size - code_offset:
+        where = f" (the part's {t.flash.size} bytes less the code offset {code_offset})" if code_offset else ""
+        raise UsageError(
+            f"flash budget {flash} bytes for {t.name}: must be in 1..{t.flash.size - code_offset} bytes{where}"
+        )
     return Budget(sram, flash, stack_bytes)
 
 
@@ -305,12 +325,19 @@ def render_linker_script(
     sram_bytes: int | None = None,
     flash_bytes: int | None = None,
     stack_bytes: int = DEFAULT_STACK_BYTES,
+    *,
+    code_offset: int = 0,
+    noinit_bytes: int = 0,
 ) -> str:
     """The GNU ld script of ``target`` for a budget: region RAM = [ram origin, + sram_bytes),
-    region FLASH = [flash origin, + flash_bytes). Every value is computed here; the template
-    only substitutes them (Jinja2, StrictUndefined)."""
+    region FLASH = [flash origin + code_offset, + flash_bytes). ``noinit_bytes`` (a multiple
+    of 8) reserves that many bytes at the start of RAM that the startup code neither copies
+    nor zeroes (symbol ``_tt_noinit_start``: the bootloader's stay request). Every value is
+    computed here; the template only substitutes them (Jinja2, StrictUndefined)."""
     t = get_target(target)
-    budget = resolve_budget(t, sram_bytes, flash_bytes, stack_bytes)
+    budget = resolve_budget(t, sram_bytes, flash_bytes, stack_bytes, code_offset)
+    if noinit_bytes < 0 or noinit_bytes % 8:
+        raise UsageError(f"noinit_bytes must be a non-negative multiple of 8, got {noinit_bytes}")
     assert t.ram is not None and t.flash is not None and t.linker_template is not None
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(BOARDS_DIR)),
@@ -321,7 +348,9 @@ def render_linker_script(
     return env.get_template(t.linker_template).render(
         target=t.name,
         template=f"firmware_templates/boards/{t.linker_template}",
-        flash_origin=f"0x{t.flash.origin:08X}",
+        flash_origin=f"0x{t.flash.origin + code_offset:08X}",
+        code_offset=code_offset,
+        noinit_bytes=noinit_bytes,
         flash_length=budget.flash_bytes,
         ram_origin=f"0x{t.ram.origin:08X}",
         ram_length=budget.sram_bytes,
@@ -429,13 +458,16 @@ def build_firmware(
     name: str = "firmware",
     stack_bytes: int = DEFAULT_STACK_BYTES,
     with_board: bool = True,
+    code_offset: int = 0,
+    noinit_bytes: int = 0,
 ) -> ElfInfo:
     """Compiles and links ``sources`` (plus the board layer unless ``with_board=False``) for
     ``target`` into ``out_dir/<name>.elf`` with a map file and, on the microcontrollers, a
     raw ``.bin`` and the rendered linker script ``<name>.ld``. Budgets default to the
     target's (:func:`resolve_budget`); ``extra_flags`` go last on the command line (e.g.
-    ``-D`` definitions). Raises :class:`RegionOverflowError` when the program does not fit
-    and :class:`BuildError` for any other compile or link error."""
+    ``-D`` definitions). ``code_offset`` and ``noinit_bytes`` place the program for the
+    bootloader (:func:`render_linker_script`). Raises :class:`RegionOverflowError` when the
+    program does not fit and :class:`BuildError` for any other compile or link error."""
     t = get_target(target)
     out_dir.mkdir(parents=True, exist_ok=True)
     srcs = [*(board_sources(t) if with_board else ()), *map(Path, sources)]
@@ -447,9 +479,18 @@ def build_firmware(
     budget: Budget | None = None
     script: Path | None = None
     if t.is_arm:
-        budget = resolve_budget(t, sram_bytes, flash_bytes, stack_bytes)
+        budget = resolve_budget(t, sram_bytes, flash_bytes, stack_bytes, code_offset)
         script = out_dir / f"{name}.ld"
-        script.write_text(render_linker_script(t, budget.sram_bytes, budget.flash_bytes, budget.stack_bytes))
+        script.write_text(
+            render_linker_script(
+                t,
+                budget.sram_bytes,
+                budget.flash_bytes,
+                budget.stack_bytes,
+                code_offset=code_offset,
+                noinit_bytes=noinit_bytes,
+            )
+        )
         cmd += ["--specs=nano.specs", "-nostartfiles", "-T", str(script)]
     cmd += ["-Wl,--gc-sections", f"-Wl,-Map={map_file}", *extra_flags, "-o", str(elf)]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -482,11 +523,15 @@ class RunResult(NamedTuple):
     uart_output: bytes
 
 
-def qemu_command(elf: Path, target: str | Target, icount: bool = True, serial: str = "stdio") -> list[str]:
+def qemu_command(
+    elf: Path, target: str | Target, icount: bool = True, serial: str = "stdio", storage: Path | None = None
+) -> list[str]:
     """The qemu-system-arm command line running ``elf``: UART0 on ``serial`` (a QEMU chardev:
     ``stdio``, or ``tcp:127.0.0.1:PORT,server=on,wait=on,nodelay=on`` for pyserial's
     ``socket://``), semihosting on (exit status), and with ``icount`` one instruction per ns
-    of virtual time (``sleep=off``: the virtual clock never waits for the host)."""
+    of virtual time (``sleep=off``: the virtual clock never waits for the host). ``storage``:
+    the host file backing the board's checkpoint storage (tt_board_storage.h), passed on the
+    semihosting command line as ``tt_storage=PATH`` (no spaces in PATH)."""
     t = get_target(target)
     if t.qemu_machine is None:
         raise UsageError(
@@ -503,6 +548,10 @@ def qemu_command(elf: Path, target: str | Target, icount: bool = True, serial: s
     ]  # fmt: skip
     if icount:
         cmd += ["-icount", "shift=0,sleep=off"]
+    if storage is not None:
+        if " " in str(storage):
+            raise UsageError(f"the storage file path may not contain spaces: {storage}")
+        cmd += ["-append", f"tt_storage={storage}"]
     return cmd
 
 
@@ -565,18 +614,19 @@ def _free_tcp_port() -> int:
 
 @contextlib.contextmanager
 def qemu_serial_session(
-    elf: Path, target: str | Target, read_timeout: float = 10.0, icount: bool = True
+    elf: Path, target: str | Target, read_timeout: float = 10.0, icount: bool = True, storage: Path | None = None
 ) -> Iterator[QemuSession]:
     """Runs ``elf`` in QEMU with UART0 on a local TCP socket (``nodelay=on``: no ~44 ms
     batching per message) and yields a :class:`QemuSession` connected to it through pyserial's
     ``socket://`` URL (``read_timeout`` per read). QEMU waits for the connection before it
-    starts the guest; leaving the block kills it if it is still running."""
+    starts the guest; leaving the block kills it if it is still running. ``storage``: the
+    checkpoint storage file (:func:`qemu_command`)."""
     import serial  # pyserial
 
     port = _free_tcp_port()
     chardev = f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on"
     proc = subprocess.Popen(
-        qemu_command(Path(elf), target, icount=icount, serial=chardev),
+        qemu_command(Path(elf), target, icount=icount, serial=chardev, storage=storage),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -3,7 +3,8 @@
 ``Device(link, program)`` wraps a :class:`host_tools.link.Link` with one method per
 application command (docs/protocol.md, "Application commands"): identify, reset, set_lr,
 set_schedule, train, eval, stats, tensor_names / tensor_info, pull (the trained tensors
-with the names, dtypes and full shapes of ``simulate --save-weights``) and push.
+with the names, dtypes and full shapes of ``simulate --save-weights``), push, and
+save_checkpoint / load_checkpoint (the device's power-loss-safe checkpoint slots).
 ``program`` (host_tools.firmware.AppProgram, from the compiled program) lets the client
 refuse a firmware built for another model and rebuild full tensors from the device's slices;
 identify, train, eval and stats work without it.
@@ -35,11 +36,14 @@ MAX_CHUNK = 1024
 """Largest data chunk of READ_TENSOR / WRITE_TENSOR / SAMPLE_WRITE (TT_APP_MAX_CHUNK)."""
 SCHEDULE_KINDS = {Schedule.CONSTANT: 0, Schedule.COSINE: 1}
 COUNTER_UNITS = ("instructions", "cycles", "ns")
+CHECKPOINT_ERRORS = {2: "no checkpoint storage on this device", 3: "the checkpoint does not fit a slot", 4: "I/O error"}
+"""FLASH_ERROR reasons of SAVE_CKPT / LOAD_CKPT (the negated TT_CKPT_ERR_* of tt_ckpt.h)."""
 
 _IDENTIFY = struct.Struct("<BBHIIHHIIIBBBB")  # 32 bytes, then model / scheme / board names
 _TRAIN = struct.Struct("<IiHBx")
 _STATS = struct.Struct("<IIIIQQQQB")
 _CHUNK = struct.Struct("<HHI")
+_CKPT = struct.Struct("<IIIIBBH")  # SAVE_CKPT / LOAD_CKPT answer
 
 
 class Command(IntEnum):
@@ -138,6 +142,18 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class CheckpointInfo:
+    """SAVE_CKPT's / LOAD_CKPT's answer: the checkpoint written or applied."""
+
+    sequence: int  # 1 for the first checkpoint of the storage, +1 for each later one
+    step: int  # the application's step counter it holds
+    payload_bytes: int
+    payload_crc: int
+    slot: int
+    state_words: int  # words of generated run state (PRNG, lr, schedule) it carries; 0 if the program has no API for it
+
+
+@dataclass(frozen=True)
 class TensorInfo:
     index: int
     name: str
@@ -152,16 +168,24 @@ class Device:
     """The training application behind ``link``; ``program`` describes the program it should
     run (checked by :meth:`identify`, needed by :meth:`pull` and :meth:`push`).
     ``step_timeout`` is the time allowed per TRAIN / EVAL transmission (a training step runs
-    for up to seconds in QEMU); other commands use the link's timeout."""
+    for up to seconds in QEMU), ``ckpt_timeout`` per SAVE_CKPT / LOAD_CKPT (erasing a 256 KiB
+    STM32 sector takes seconds); other commands use the link's timeout."""
 
     def __init__(
-        self, link: Link, program: AppProgram | None = None, *, step_timeout: float = 30.0, chunk: int = MAX_CHUNK
+        self,
+        link: Link,
+        program: AppProgram | None = None,
+        *,
+        step_timeout: float = 30.0,
+        chunk: int = MAX_CHUNK,
+        ckpt_timeout: float = 30.0,
     ) -> None:
         if not 1 <= chunk <= MAX_CHUNK:
             raise UsageError(f"chunk must be in 1..{MAX_CHUNK}, got {chunk}")
         self.link = link
         self.program = program
         self.step_timeout = step_timeout
+        self.ckpt_timeout = ckpt_timeout
         self.chunk = chunk
         self._identity: Identity | None = None
         self._infos: tuple[TensorInfo, ...] | None = None
@@ -378,3 +402,34 @@ class Device:
         data = [(i, t.to_device(tensors[t.name])) for i, t in enumerate(prog.tensors) if t.name in tensors]
         for i, raw in data:
             self.write_tensor(i, raw)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoint(self, cmd: Command) -> CheckpointInfo:
+        try:
+            p = self.link.call(cmd, b"", timeout=self.ckpt_timeout)
+        except DeviceError as e:
+            reason = ""
+            if e.status == Status.FLASH_ERROR and e.payload:
+                reason = f" ({CHECKPOINT_ERRORS.get(e.payload[0], f'error {e.payload[0]}')})"
+            raise DeviceCommandError(
+                f"device refused {command_name(cmd)}: {_status_name(e.status)}{reason}", e.status
+            ) from None
+        if len(p) != _CKPT.size:
+            raise DeviceCommandError(f"malformed {command_name(cmd)} answer ({len(p)} bytes)", Status.OK)
+        seq, step, nbytes, crc, slot, words, _ = _CKPT.unpack(p)
+        return CheckpointInfo(seq, step, nbytes, crc, slot, words)
+
+    def save_checkpoint(self) -> CheckpointInfo:
+        """Writes the trained tensors and the step counter as a new checkpoint into the slot
+        not holding the newest one (the newest stays intact whatever happens meanwhile).
+        DeviceCommandError: FLASH_ERROR (no storage, it does not fit, an erase/program failed),
+        VERIFY_FAILED (the bytes read back differ); the previous checkpoints are intact then."""
+        return self._checkpoint(Command.SAVE_CKPT)
+
+    def load_checkpoint(self) -> CheckpointInfo:
+        """Applies the newest valid checkpoint of this program (the tensors and the step
+        counter; the learning rate and schedule only when ``state_words`` > 0, otherwise set
+        them again). DeviceCommandError with status NO_CHECKPOINT when there is none (nothing
+        changed)."""
+        return self._checkpoint(Command.LOAD_CKPT)

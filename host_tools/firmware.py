@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from codegen.backends import build_device
+from codegen.backends import build_device, device_sources
 from codegen.emit import Generated
 from codegen.lower import Loop, Lowered, lower
 from codegen.runtime_sources import Backend
 from codegen.targets import ElfInfo, build_firmware, get_target
+from host_tools.bootloader import BOOTLOADER_DIR, NOINIT_BYTES, boot_layout
 from tinytrain.errors import UsageError
 from tinytrain.ir.ops import OpKind
 from tinytrain.train.compile import Compiled
@@ -35,6 +36,7 @@ from tinytrain.train.compile import Compiled
 APP_DIR = Path(__file__).resolve().parents[1] / "firmware_templates" / "app"
 APP_SOURCE = APP_DIR / "tt_app.c"
 FRAME_SOURCE = APP_DIR / "tt_frame.c"
+CKPT_SOURCE = APP_DIR / "tt_ckpt.c"
 APP_NAME = "tt_app"
 
 
@@ -234,11 +236,21 @@ def build_app(
     sample_shape: Sequence[int] | None = None,
     kernels: Backend = "ref",
     extra_flags: Sequence[str] = (),
+    *,
+    for_bootloader: bool = False,
 ) -> AppBuild:
     """Builds the training application of ``compiled`` for ``target`` (a microcontroller, or
-    ``host``: an executable speaking the protocol on stdin/stdout) into ``out_dir``."""
+    ``host``: an executable speaking the protocol on stdin/stdout) into ``out_dir``.
+
+    ``for_bootloader``: linked at the application region of the target's bootloader layout
+    (host_tools/bootloader.py) with the no-init RAM words of the stay request reserved and
+    ``-DTT_HAS_BOOTLOADER=1`` (tt_boot_request.c is linked in: RESET mode 2 may call
+    ``tt_boot_request_bootloader()``); its ``info.bin`` is the image to flash over serial
+    (host_tools/flash.py). The flash budget is the compile options' capped to the region."""
     shape = tuple(sample_shape) if sample_shape is not None else default_sample_shape(compiled)
     t = get_target(target)
+    if for_bootloader:
+        return _build_app_for_bootloader(compiled, t.name, out_dir, shape, kernels, extra_flags)
     if not t.is_arm:
         from codegen.emit import RunConfig, generate
 
@@ -246,7 +258,7 @@ def build_app(
         program = program_from_lowered(compiled, gen.lowered)
         info = build_firmware(
             t,
-            [*gen.sources, APP_SOURCE, FRAME_SOURCE],
+            [*gen.sources, APP_SOURCE, FRAME_SOURCE, CKPT_SOURCE],
             [*gen.include_dirs, APP_DIR],
             out_dir / "build",
             extra_flags=[*app_flags(program), *extra_flags],
@@ -262,9 +274,39 @@ def build_app(
         kernels,
         [f"-I{APP_DIR}", *app_flags(program), *extra_flags],
         driver=APP_SOURCE,
-        extra_sources=[FRAME_SOURCE],
+        extra_sources=[FRAME_SOURCE, CKPT_SOURCE],
         name=APP_NAME,
     )
     if program_from_lowered(compiled, gen.lowered).model_id != program.model_id:
         raise UsageError("lowering the program twice gave two different programs (non-deterministic lowering)")
+    return AppBuild(gen, info, program)
+
+
+def _build_app_for_bootloader(
+    compiled: Compiled,
+    target: str,
+    out_dir: Path,
+    shape: tuple[int, ...],
+    kernels: Backend,
+    extra_flags: Sequence[str],
+) -> AppBuild:
+    from codegen.emit import RunConfig, generate
+
+    layout = boot_layout(target)
+    program = app_program(compiled, shape)
+    gen = generate(compiled, out_dir, shape, RunConfig())
+    if program_from_lowered(compiled, gen.lowered).model_id != program.model_id:
+        raise UsageError("lowering the program twice gave two different programs (non-deterministic lowering)")
+    info = build_firmware(
+        target,
+        [*device_sources(gen, kernels), APP_SOURCE, FRAME_SOURCE, CKPT_SOURCE, BOOTLOADER_DIR / "tt_boot_request.c"],
+        [*gen.include_dirs, APP_DIR, BOOTLOADER_DIR],
+        out_dir / "build",
+        sram_bytes=compiled.options.sram_bytes,
+        flash_bytes=min(compiled.options.flash_bytes, layout.app_size),
+        extra_flags=["-DNDEBUG", "-DTT_HAS_BOOTLOADER=1", *app_flags(program), *extra_flags],
+        name=APP_NAME,
+        code_offset=layout.code_offset,
+        noinit_bytes=NOINIT_BYTES,
+    )
     return AppBuild(gen, info, program)

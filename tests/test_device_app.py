@@ -178,7 +178,8 @@ def _malformed_requests_change_nothing(dev: Device, link: Link, sample: np.ndarr
         (Command.SET_LR, struct.pack("<i", 5), Status.BAD_LENGTH),
         (Command.SET_SCHEDULE, struct.pack("<ii", 7, 10), Status.BAD_ARG),
         (Command.SET_SCHEDULE, struct.pack("<ii", 1, 0), Status.BAD_ARG),
-        (Command.SAVE_CKPT, b"", Status.UNKNOWN_CMD),
+        (Command.SAVE_CKPT, b"\x00", Status.BAD_LENGTH),
+        (Command.LOAD_CKPT, b"", Status.FLASH_ERROR),
         (0x3F, b"", Status.UNKNOWN_CMD),
     ]
     for cmd, payload, want in bad:

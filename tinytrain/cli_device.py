@@ -213,8 +213,106 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+EMULATOR_FILE = "emulator.json"
+"""Written into OUT by ``emulate`` while it runs: the URL and target, so that ``flash OUT
+--port URL`` knows which board the firmware is for."""
+
+
+def cmd_emulate(args: argparse.Namespace) -> int:
+    """Builds the bootloader of ``--target``, starts QEMU with UART0 on TCP, prints the
+    pyserial URL on stdout and runs until interrupted (Ctrl-C or SIGTERM). The checkpoint
+    storage of the emulated board is OUT/storage-<target>.bin (kept across runs)."""
+    import signal
+
+    from host_tools.bootloader import build_bootloader
+    from host_tools.emulate import start_emulator
+
+    out = Path(args.out)
+    _program(args.out)  # a clear error now if OUT is not a compile output
+    info = build_bootloader(args.target, out / "firmware" / f"{args.target}-bootloader")
+    storage = out / f"storage-{args.target}.bin"
+    state = out / EMULATOR_FILE
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    emu = start_emulator(args.target, info.elf, args.port, storage=storage)
+    try:
+        state.write_text(json.dumps({"url": emu.url, "target": args.target}) + "\n")
+        print(emu.url, flush=True)
+        print(f"QEMU {args.target} runs the tinytrain bootloader; stop with Ctrl-C", file=sys.stderr, flush=True)
+        status = emu.wait()
+        print(f"QEMU exited with status {status}", file=sys.stderr)
+        return 0 if status == 0 else 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        emu.stop()
+        state.unlink(missing_ok=True)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _flash_target(out: Path, port: str, target: str | None) -> str:
+    if target is not None:
+        return target
+    state = out / EMULATOR_FILE
+    if state.exists():
+        try:
+            info = json.loads(state.read_text())
+        except json.JSONDecodeError:
+            info = {}
+        if info.get("url") == port and isinstance(info.get("target"), str):
+            return str(info["target"])
+    raise UsageError(f"which board is on {port}? pass --target (qemu-m4, qemu-m7, stm32f746g-disco, nrf52840)")
+
+
+def cmd_flash(args: argparse.Namespace) -> int:
+    """Builds the training application of OUT for the board on ``--port`` and writes it
+    through the tinytrain bootloader (or the STM32 ROM bootloader, ``--method stm32``)."""
+    from host_tools.firmware import build_app
+    from host_tools.flash import flash
+    from tinytrain.report import progress_bar
+
+    out = Path(args.out)
+    compiled, _ = _program(args.out)
+    assert compiled is not None
+    target = _flash_target(out, args.port, args.target)
+    app = build_app(compiled, target, out / "firmware" / f"{target}-app", kernels=args.kernels, for_bootloader=True)
+    if app.info.bin is None:
+        raise UsageError(f"target {target} produced no flash image")
+    image = app.info.bin.read_bytes()
+    with progress_bar(f"flash {target}", len(image), quiet=args.quiet) as advance:
+        done = [0]
+
+        def progress(sent: int, total: int) -> None:
+            advance(sent - done[0])
+            done[0] = sent
+
+        res = flash(args.port, image, method=args.method, progress=progress)
+    who = res.identity.describe() if res.identity is not None else "written"
+    print(f"flashed {res.size:,} bytes in {res.chunks} chunks ({res.retransmissions} retransmitted), "
+          f"{res.seconds:.1f} s: {who}", file=sys.stderr)  # fmt: skip
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
-    """The device subcommands (``train``, ``pull``, ``export``)."""
+    """The device subcommands (``emulate``, ``flash``, ``train``, ``pull``, ``export``)."""
+    s = sub.add_parser("emulate", help="run a QEMU board with the tinytrain bootloader; prints its serial URL")
+    s.add_argument("out", help="a `tinytrain compile` output directory (builds and storage go there)")
+    s.add_argument("--target", required=True, choices=("qemu-m4", "qemu-m7"))
+    s.add_argument("--port", type=int, help="TCP port of the serial line (default: a free one)")
+    s.set_defaults(func=cmd_emulate)
+
+    s = sub.add_parser("flash", help="build the training firmware of OUT and flash it over the serial port")
+    s.add_argument("out", help="a `tinytrain compile` output directory")
+    s.add_argument("--port", required=True, help="pyserial URL (tinytrain method) or serial device (stm32 method)")
+    s.add_argument("--method", choices=("tinytrain", "stm32"), default="tinytrain")
+    s.add_argument("--target", help="the board (default: the one `tinytrain emulate OUT` runs on --port)")
+    s.add_argument("--kernels", choices=("ref", "dsp"), default="ref", help="runtime kernels (default ref)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_flash)
+
     s = sub.add_parser("train", help="train on a device over a serial port (samples streamed as simulate orders them)")
     s.add_argument("--port", required=True, help="pyserial URL: /dev/ttyACM0, socket://127.0.0.1:N, ...")
     s.add_argument("--data", default="fashion-mnist", help="fashion-mnist or an .npz with x (uint8 images) and y")

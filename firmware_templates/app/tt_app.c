@@ -2,8 +2,12 @@
  * tinytrain training application: main() of the training firmware. A command loop over the
  * UART speaking the frame protocol (tt_frame.h, docs/protocol.md): the host identifies the
  * program, sets the learning rate and schedule, streams samples to train on or to evaluate,
- * reads statistics, and reads or writes the trained tensors. The host client is
+ * reads statistics, reads or writes the trained tensors, and saves or loads checkpoints
+ * (tt_ckpt.c: two slots in the board's storage, power-loss safe). The host client is
  * host_tools/device.py; host_tools/firmware.py builds this file with a generated program.
+ *
+ * Boot: the application starts from the compiled initial weights (tt_init(0)) and does NOT
+ * load a checkpoint by itself; the host sends LOAD_CKPT when it wants to resume.
  *
  * Every command validates its whole request (payload size, indices, ranges) before it
  * touches any state: a request answered with a status other than OK changed nothing. A
@@ -18,8 +22,14 @@
 
 #include "tt_app.h"
 #include "tt_board.h"
+#include "tt_ckpt.h"
 #include "tt_frame.h"
 #include "tt_model.h"
+
+
+#ifdef TT_HAS_BOOTLOADER
+#include "tt_boot_request.h" /* RESET mode 2: restart into the bootloader */
+#endif
 
 #ifndef TT_MODEL_ID
 #error "TT_MODEL_ID is not defined (host_tools/firmware.py passes it with -D)"
@@ -37,6 +47,9 @@
 #if TT_NUM_CLASSES + 2 > TT_FRAME_MAX_PAYLOAD
 #error "EVAL's response (u16 predicted + logits) must fit one frame"
 #endif
+
+/* SAVE_CKPT / LOAD_CKPT response payload bytes. */
+#define TT_APP_CKPT_RESPONSE 20u
 
 /* Statistics since the last clear (RESET, STATS with TT_APP_STATS_CLEAR). */
 typedef struct {
@@ -56,6 +69,9 @@ static uint8_t tt_app_bad_frame[TT_FRAME_ENCODED_SIZE(1u)];
 static uint8_t tt_app_staged[TT_INPUT_BYTES]; /* SAMPLE_WRITE: samples larger than one frame */
 static tt_app_stats tt_app_st;
 static uint32_t tt_app_step; /* training steps since the last tt_init */
+#ifdef TT_HAS_BOOTLOADER
+static int tt_app_reboot; /* RESET mode 2 accepted: restart into the bootloader after the response */
+#endif
 
 /* ------------------------------------------------------------------ little-endian fields */
 
@@ -338,8 +354,14 @@ static uint8_t cmd_reset(const uint8_t *payload, uint32_t len, uint8_t *reply, s
         memset(&tt_app_st, 0, sizeof tt_app_st);
         return TT_FRAME_STATUS_OK;
     }
+#ifdef TT_HAS_BOOTLOADER
+    if (payload[0] == TT_APP_RESET_BOOT) {
+        tt_app_reboot = 1; /* main() restarts once the response is sent */
+        return TT_FRAME_STATUS_OK;
+    }
+#endif
     if (payload[0] != TT_APP_RESET_WEIGHTS) {
-        return TT_FRAME_STATUS_BAD_ARG; /* TT_APP_RESET_BOOT: no bootloader in this build yet */
+        return TT_FRAME_STATUS_BAD_ARG; /* also TT_APP_RESET_BOOT in a build without the bootloader */
     }
     s = tt_init(rd32(payload + 1));
     if (s != TT_OK) {
@@ -365,6 +387,57 @@ static uint8_t cmd_set_schedule(const uint8_t *payload, uint32_t len) {
     }
     return tt_set_schedule(as_i32(rd32(payload)), as_i32(rd32(payload + 4))) == TT_OK ? TT_FRAME_STATUS_OK
                                                                                         : TT_FRAME_STATUS_BAD_ARG;
+}
+
+/* SAVE_CKPT / LOAD_CKPT response: u32 sequence, u32 step, u32 payload bytes, u32 payload CRC,
+ * u8 slot, u8 run-state words, u16 0. */
+static uint8_t ckpt_reply(int r, const tt_ckpt_info *info, uint8_t *reply, size_t *n) {
+    switch (r) {
+    case TT_CKPT_OK:
+        break;
+    case TT_CKPT_ERR_NONE:
+        return TT_FRAME_STATUS_NO_CHECKPOINT;
+    case TT_CKPT_ERR_VERIFY:
+        return TT_FRAME_STATUS_VERIFY_FAILED;
+    case TT_CKPT_ERR_STATE:
+        return TT_FRAME_STATUS_BAD_STATE;
+    default: /* unavailable, too large, I/O: FLASH_ERROR with the reason */
+        reply[0] = (uint8_t)(-r);
+        *n = 1u;
+        return TT_FRAME_STATUS_FLASH_ERROR;
+    }
+    wr32(reply, info->sequence);
+    wr32(reply + 4, info->step);
+    wr32(reply + 8, info->payload_bytes);
+    wr32(reply + 12, info->payload_crc);
+    reply[16] = (uint8_t)info->slot;
+    reply[17] = (uint8_t)info->state_words;
+    wr16(reply + 18, 0u);
+    *n = TT_APP_CKPT_RESPONSE;
+    return TT_FRAME_STATUS_OK;
+}
+
+static uint8_t cmd_save_ckpt(uint32_t len, uint8_t *reply, size_t *n) {
+    tt_ckpt_info info;
+    if (len != 0u) {
+        return TT_FRAME_STATUS_BAD_LENGTH;
+    }
+    memset(&info, 0, sizeof info);
+    return ckpt_reply(tt_ckpt_save((uint32_t)(TT_MODEL_ID), tt_app_step, &info), &info, reply, n);
+}
+
+static uint8_t cmd_load_ckpt(uint32_t len, uint8_t *reply, size_t *n) {
+    tt_ckpt_info info;
+    int r;
+    if (len != 0u) {
+        return TT_FRAME_STATUS_BAD_LENGTH;
+    }
+    memset(&info, 0, sizeof info);
+    r = tt_ckpt_load((uint32_t)(TT_MODEL_ID), &info);
+    if (r == TT_CKPT_OK) {
+        tt_app_step = info.step;
+    }
+    return ckpt_reply(r, &info, reply, n);
 }
 
 /* Executes one request; the response payload goes to reply[0..*n). */
@@ -395,6 +468,10 @@ static uint8_t execute(const tt_frame *req, uint8_t *reply, size_t *n) {
         return cmd_set_lr(p, len);
     case TT_APP_CMD_SET_SCHEDULE:
         return cmd_set_schedule(p, len);
+    case TT_APP_CMD_SAVE_CKPT:
+        return cmd_save_ckpt(len, reply, n);
+    case TT_APP_CMD_LOAD_CKPT:
+        return cmd_load_ckpt(len, reply, n);
     default:
         return TT_FRAME_STATUS_UNKNOWN_CMD;
     }
@@ -424,6 +501,11 @@ int main(void) {
                 }
             }
             tt_board_uart_write(tt_app_cache.response, tt_app_cache.response_len);
+#ifdef TT_HAS_BOOTLOADER
+            if (tt_app_reboot) {
+                tt_boot_request_bootloader(); /* does not return */
+            }
+#endif
         } else if (st < 0) {
             /* report the dropped frame so that the host retransmits at once */
             uint8_t reason = (uint8_t)(-st);
