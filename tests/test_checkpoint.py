@@ -50,6 +50,7 @@ MAGIC = 0x4B435454
 CUT_STATUS = 97  # TT_STORAGE_CUT_STATUS
 STORAGE_SELFTEST = BOARDS_DIR / "tests" / "tt_board_storage_selftest.c"
 REAL_KILLS = 24
+RUN_STATE_WORDS = 6  # TT_RUN_STATE_WORDS of the generated tt_model.h: PRNG, step, q_lr, shift_lr, schedule, total
 CUTS = 12
 
 pytestmark = pytest.mark.skipif(
@@ -198,8 +199,8 @@ def test_save_load_and_restart(app: AppBuild, samples: tuple[np.ndarray, np.ndar
         for x, y in zip(xs[:3], ys[:3], strict=True):
             dev.train(x, int(y))
         first = dev.save_checkpoint()
-        assert (first.sequence, first.slot, first.step, first.state_words) == (1, 0, 3, 0)
-        assert first.payload_bytes == 8 + sum(t.nbytes for t in app.program.tensors)
+        assert (first.sequence, first.slot, first.step, first.state_words) == (1, 0, 3, RUN_STATE_WORDS)
+        assert first.payload_bytes == 8 + 4 * RUN_STATE_WORDS + sum(t.nbytes for t in app.program.tensors)
         saved = dev.pull()
         for x, y in zip(xs[3:5], ys[3:5], strict=True):
             dev.train(x, int(y))
@@ -241,6 +242,31 @@ def test_save_load_and_restart(app: AppBuild, samples: tuple[np.ndarray, np.ndar
         assert "\n" not in str(e.value)
         with pytest.raises(DeviceCommandError):
             q.dev.load_checkpoint()
+
+
+def test_resumed_run_equals_the_uninterrupted_run(
+    app: AppBuild, samples: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """A checkpoint holds the run state (PRNG of the stochastic rounding, step, learning rate,
+    cosine schedule): a new QEMU that loads it and trains the remaining samples ends with the
+    same step results and the same weight bytes as a run that was never interrupted."""
+    xs, ys = samples
+    storage = tmp_path / "storage.bin"
+    with qemu(app, storage) as q:
+        q.dev.reset(SEED)
+        q.dev.set_lr(LR)
+        q.dev.set_schedule("cosine", len(xs))
+        for x, y in zip(xs[:3], ys[:3], strict=True):
+            q.dev.train(x, int(y))
+        assert q.dev.save_checkpoint().state_words == RUN_STATE_WORDS
+        straight = [q.dev.train(x, int(y)) for x, y in zip(xs[3:], ys[3:], strict=True)]
+        want = q.dev.pull()
+    with qemu(app, storage) as q:
+        q.dev.reset(SEED + 1)  # a different PRNG, lr 1.0, constant schedule: all replaced by the load
+        q.dev.load_checkpoint()
+        resumed = [q.dev.train(x, int(y)) for x, y in zip(xs[3:], ys[3:], strict=True)]
+        assert resumed == straight
+        assert _equal_weights(q.dev.pull(), want)
 
 
 def test_corrupt_or_foreign_slots_are_ignored(app: AppBuild, tmp_path: Path) -> None:
