@@ -436,6 +436,11 @@ def _size(size_tool: str, elf: Path) -> tuple[int, int, int]:
     return int(fields[0]), int(fields[1]), int(fields[2])
 
 
+def elf_sizes(target: str | Target, elf: Path) -> tuple[int, int, int]:
+    """``(text, data, bss)`` of a built program (``size -B``; see :class:`ElfInfo`)."""
+    return _size(_tool("arm-none-eabi-size" if get_target(target).is_arm else "size"), Path(elf))
+
+
 def board_sources(target: str | Target) -> tuple[Path, ...]:
     """The board layer's C files for ``target``."""
     return tuple(BOARDS_DIR / s for s in get_target(target).board_sources)

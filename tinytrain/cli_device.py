@@ -278,7 +278,15 @@ def cmd_flash(args: argparse.Namespace) -> int:
     compiled, _ = _program(args.out)
     assert compiled is not None
     target = _flash_target(out, args.port, args.target)
-    app = build_app(compiled, target, out / "firmware" / f"{target}-app", kernels=args.kernels, for_bootloader=True)
+    # the tinytrain bootloader boots an image linked at its application region; the STM32 ROM
+    # bootloader writes a stand-alone image at the start of flash
+    app = build_app(
+        compiled,
+        target,
+        out / "firmware" / f"{target}-app",
+        kernels=args.kernels,
+        for_bootloader=args.method == "tinytrain",
+    )
     if app.info.bin is None:
         raise UsageError(f"target {target} produced no flash image")
     image = app.info.bin.read_bytes()
