@@ -17,7 +17,7 @@ import pytest
 from tinytrain.cli import main
 from tinytrain.models.ship import CHECKPOINT, shipped
 
-STEPS = 12
+STEPS = 50
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,9 @@ def url(out: Path) -> Iterator[str]:
 
 
 def test_emulate_flash_train_pull_equals_simulate(
-    out: Path, url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    out: Path, url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # flash remembers OUT there for pull
     assert main(["train", "--port", url, "--train-samples", "3"]) == 2  # no firmware yet: the bootloader answers
     assert "bootloader" in capsys.readouterr().err
     assert main(["flash", str(out), "--port", url, "--quiet"]) == 0
@@ -61,7 +62,10 @@ def test_emulate_flash_train_pull_equals_simulate(
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == STEPS and summary["test_accuracy"] is not None
     pulled, simulated = tmp_path / "device.npz", tmp_path / "sim.npz"
-    assert main(["pull", "--port", url, "--program", str(out), "-o", str(pulled)]) == 0
+    assert main(["pull", "--port", url, "-o", str(pulled)]) == 0  # the program is found by its identity
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))
+    assert main(["pull", "--port", url, "-o", str(tmp_path / "x.npz")]) == 2
+    assert "pass --program OUT" in capsys.readouterr().err
     sim = ["simulate", str(out), *common, "--test-samples", "0", "--save-weights", str(simulated), "--quiet"]
     assert main(sim) == 0
     with np.load(pulled) as a, np.load(simulated) as b:

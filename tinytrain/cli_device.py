@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -59,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     device preprocesses them), then evaluates the test samples on the device."""
     from rich.console import Console
 
-    from tinytrain.report import progress_bar
+    from tinytrain.report import progress_bar, status_progress_bar
     from tinytrain.train.data import Dataset, epoch_order, load_dataset
     from tinytrain.train.kernels.schedule import Schedule
 
@@ -86,14 +87,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         dev.clear_stats()
         dev.set_lr(args.lr)
         dev.set_schedule(Schedule(args.schedule), total)
-        with progress_bar(f"train on {ident.board}", total, quiet=quiet) as advance:
+        with status_progress_bar(f"train on {ident.board}", total, quiet=quiet) as advance:
             for epoch in range(args.epochs):
                 start = len(losses)
                 for idx in epoch_order(len(train), args.seed, epoch):
                     r = dev.train(train.images[idx], int(train.labels[idx]))
                     losses.append(-math.log(max(r.p_label, 1) / 65536.0))
                     correct.append(int(r.correct))
-                    advance(1)
+                    window = slice(max(start, len(losses) - 100), len(losses))  # the last 100 steps
+                    advance(1, f"loss {np.mean(losses[window]):.3f} acc {100 * np.mean(correct[window]):.0f}%")
                 epoch_loss.append(float(np.mean(losses[start:])))
         acc = None
         if test is not None:
@@ -137,12 +139,48 @@ def _print_summary(summary: Mapping[str, Any], console: Any) -> None:
     console.print(table)
 
 
+def _registry() -> Path:
+    """Where ``flash`` remembers the compile output of each program it wrote, by program
+    identity (``$XDG_CACHE_HOME/tinytrain/programs``, default ``~/.cache/...``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tinytrain" / "programs"
+
+
+def remember_program(program: AppProgram, out: Path) -> None:
+    d = _registry()
+    d.mkdir(parents=True, exist_ok=True)
+    record = {"out": str(out.resolve()), "model": program.model, "scheme": program.scheme}
+    (d / f"{program.model_id:08x}.json").write_text(json.dumps(record) + "\n")
+
+
+def recall_program(model_id: int) -> str | None:
+    """The compile output flashed from this machine with identity ``model_id``, if any."""
+    path = _registry() / f"{model_id:08x}.json"
+    try:
+        out = json.loads(path.read_text())["out"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(out) if Path(out).is_dir() else None
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
     """Reads every trained tensor back; the file has the names, shapes and dtypes of
     ``simulate --save-weights`` (the untrained channels of a partly trained weight come
-    from the compiled program)."""
+    from the compiled program: ``--program OUT``, or the one ``flash`` wrote to the device
+    from this machine, found by the device's program identity)."""
     _, program = _program(args.program)
     with open_device(args.port, program) as dev:
+        if program is None:
+            ident = dev.identity
+            found = recall_program(ident.model_id)
+            if found is None:
+                raise UsageError(
+                    f"the device runs {ident.describe()}, which was not flashed from this machine: "
+                    "pass --program OUT (the compile output it was built from)"
+                )
+            _, program = _program(found)
+            dev.program = program
+            dev.identify()  # checks the program against the device
         tensors = dev.pull()
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -298,6 +336,7 @@ def cmd_flash(args: argparse.Namespace) -> int:
             done[0] = sent
 
         res = flash(args.port, image, method=args.method, progress=progress)
+    remember_program(app.program, out)
     who = res.identity.describe() if res.identity is not None else "written"
     print(f"flashed {res.size:,} bytes in {res.chunks} chunks ({res.retransmissions} retransmitted), "
           f"{res.seconds:.1f} s: {who}", file=sys.stderr)  # fmt: skip
@@ -338,7 +377,7 @@ def add_parsers(sub: Any) -> None:
 
     s = sub.add_parser("pull", help="read the trained tensors of a device into an .npz (simulate --save-weights names)")
     s.add_argument("--port", required=True)
-    s.add_argument("--program", required=True, help="the compile output the firmware was built from")
+    s.add_argument("--program", help="the compile output the firmware was built from (default: found by identity)")
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_pull)
 

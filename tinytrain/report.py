@@ -45,12 +45,27 @@ def print_inspect(graph: Graph, stats: GraphStats, dump_ir: bool = False) -> Non
 @contextmanager
 def progress_bar(label: str, total: int, quiet: bool = False) -> Iterator[Callable[[int], None]]:
     """A progress bar on stderr; yields ``advance(k)``. Silent when quiet or not a TTY."""
+    with status_progress_bar(label, total, quiet) as advance:
+        yield lambda k: advance(k, None)
+
+
+@contextmanager
+def status_progress_bar(label: str, total: int, quiet: bool = False) -> Iterator[Callable[[int, str | None], None]]:
+    """:func:`progress_bar` whose ``advance(k, status)`` also shows ``status`` (e.g. the
+    running loss and accuracy) after the label when it is not None."""
     console = Console(stderr=True)
     if quiet or not console.is_terminal or total <= 0:
-        yield lambda k: None
+        yield lambda k, status: None
         return
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as prog:
         task = prog.add_task(label, total=total)
-        yield lambda k: prog.advance(task, k)
+
+        def advance(k: int, status: str | None) -> None:
+            if status is None:
+                prog.advance(task, k)
+            else:
+                prog.update(task, advance=k, description=f"{label} {status}")
+
+        yield advance
