@@ -89,7 +89,22 @@ def test_bad_weights_are_refused(
     assert not tfl.exists()
 
 
-def test_weights_need_a_compile_output(trained: tuple[Path, Path], tmp_path: Path) -> None:
+def test_weights_of_a_new_head_need_the_compile_output(trained: tuple[Path, Path], tmp_path: Path) -> None:
     _, weights = trained
     args = ["export", str(shipped(CHECKPOINT)), "--weights", str(weights), "-o", str(tmp_path / "x.tflite")]
-    assert main(args) == 2
+    assert main(args) == 2  # head.weight is not a tensor of the checkpoint
+    assert not (tmp_path / "x.tflite").exists()
+
+
+def test_model_file_with_weights(tmp_path: Path) -> None:
+    """Without --classes the trained tensors are the model's own: export MODEL --weights."""
+    out, weights = tmp_path / "out", tmp_path / "w.npz"
+    args = [str(shipped(CHECKPOINT)), "--scheme", "bias-only", "--sample-shape", "28x28", "-o", str(out), "--json"]
+    assert main(["compile", *args]) == 0
+    sim = ["simulate", str(out), "--train-samples", "10", "--test-samples", "0", "--lr", "0.05", "--quiet"]
+    assert main([*sim, "--save-weights", str(weights)]) == 0
+    a, b = tmp_path / "a.tflite", tmp_path / "b.tflite"
+    assert main(["export", str(shipped(CHECKPOINT)), "--weights", str(weights), "-o", str(a)]) == 0
+    assert main(["export", str(out), "--weights", str(weights), "-o", str(b)]) == 0
+    x = preprocess_for_graph(load_tflite(a.read_bytes()), (28, 28))(load_dataset("fashion-mnist", "test").images[:4])
+    assert np.array_equal(run_tflm(a.read_bytes(), [x])[0], run_tflm(b.read_bytes(), [x])[0])

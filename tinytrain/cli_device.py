@@ -26,6 +26,7 @@ from tinytrain.errors import UsageError
 if TYPE_CHECKING:
     from host_tools.device import Device
     from host_tools.firmware import AppProgram
+    from tinytrain.ir.graph import Graph
     from tinytrain.train.compile import Compiled
 
 
@@ -231,17 +232,40 @@ def export_trained(compiled: Compiled, weights: Mapping[str, np.ndarray]) -> byt
     return write_tflite(ex.current_graph())
 
 
+def with_weights(graph: Graph, weights: Mapping[str, np.ndarray]) -> Graph:
+    """``graph`` with the constant tensors named in ``weights`` replaced (same shape and
+    dtype, checked before anything changes): trained weights of a program compiled without
+    a new head, on the model file itself."""
+    from dataclasses import replace
+
+    by_name = {t.name: t for t in graph.tensors}
+    for name, arr in weights.items():
+        t = by_name.get(name)
+        if t is None or t.data is None:
+            raise UsageError(
+                f"the model has no constant tensor {name!r}: a program with a new head (--classes) "
+                "exports from its compile output directory"
+            )
+        if tuple(arr.shape) != tuple(t.shape) or arr.dtype != t.data.dtype:
+            raise UsageError(
+                f"tensor {name!r} is {arr.dtype}{list(arr.shape)} in the weights file; "
+                f"the model has {t.data.dtype}{list(t.shape)}"
+            )
+    tensors = tuple(replace(t, data=np.array(weights[t.name])) if t.name in weights else t for t in graph.tensors)
+    return replace(graph, tensors=tensors)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from tinytrain.frontends.load import load_model
     from tinytrain.frontends.tflite_writer import write_tflite
 
     src = Path(args.model)
-    if args.weights is not None:
-        if not src.is_dir():
-            raise UsageError("--weights needs a `tinytrain compile` output directory (it holds the new head)")
+    if args.weights is not None and src.is_dir():
         compiled, _ = _program(str(src))
         assert compiled is not None
         data = export_trained(compiled, load_weights(Path(args.weights)))
+    elif args.weights is not None:
+        data = write_tflite(with_weights(load_model(src), load_weights(Path(args.weights))))
     else:
         data = write_tflite(load_model(src / "model.tflite" if src.is_dir() else src))
     out = Path(args.output)
@@ -383,6 +407,6 @@ def add_parsers(sub: Any) -> None:
 
     s = sub.add_parser("export", help="write a model (an MCUNet checkpoint, or a compile output) as .tflite")
     s.add_argument("model", help="a model file, or a `tinytrain compile` output directory")
-    s.add_argument("--weights", help="trained tensors (.npz from simulate --save-weights or pull); needs an OUT dir")
+    s.add_argument("--weights", help="trained tensors (.npz from simulate --save-weights or pull)")
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_export)
