@@ -110,18 +110,20 @@ def float_row(model: Path, lr: float, args: argparse.Namespace, data: Any) -> di
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | scheme | test acc. | SRAM (arena) | fits 256 KB | flash | MACs fwd / bwd | wall time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | scheme | test acc. | after each epoch | SRAM (arena) | fits 256 KB | flash | MACs fwd / bwd "
+        "| wall time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for block in results:
         for r in block["rows"]:
             acc = f"{100 * r['test_accuracy']:.2f}%" if r.get("test_accuracy") is not None else "-"
             if r["kind"] == "float32":
                 name = f"{r['scheme']} (lr {r['lr']})"
-                lines.append(f"| {block['model']} | {name} | {acc} | – | – | – | – | {r['wall_seconds']} s |")
+                lines.append(f"| {block['model']} | {name} | {acc} | – | – | – | – | – | {r['wall_seconds']} s |")
                 continue
             lines.append(
                 f"| {block['model']} | {r['scheme']} (lr {r['lr']}, {r.get('schedule', 'constant')}) | {acc} "
+                f"| {' / '.join(f'{100 * a:.1f}' for a in r.get('test_accuracy_per_epoch', []))} "
                 f"| {r['arena_bytes'] / KB:.1f} KB "
                 f"| {'yes' if r['fits_256kb'] else 'no'} | {r['flash_bytes'] / KB:.0f} KB "
                 f"| {r['macs_forward'] / 1e6:.1f} M / {r['macs_backward'] / 1e6:.1f} M | {r['wall_seconds']} s |"
@@ -187,6 +189,27 @@ def scheme_lr(args: argparse.Namespace, scheme: str) -> float:
     return float(args.lr)
 
 
+def collect(args: argparse.Namespace) -> dict[str, Any]:
+    """The finished rows of ``--partial`` that match the arguments (protocol, lr, schedule),
+    without training: the table of a run still in progress; ``missing`` lists the rest."""
+    results, missing = [], []
+    for key in [k for k in args.models.split(",") if k in MODELS and model_path(k) is not None]:
+        float_lrs = [] if args.no_float else [float(v) for v in args.float_lr.split(",") if v]
+        rows = []
+        for scheme in [s for s in args.schemes.split(",") if s] + [f"float@{lr:g}" for lr in float_lrs]:
+            is_float = scheme.startswith("float@")
+            lr = float(scheme.partition("@")[2]) if is_float else scheme_lr(args, scheme)
+            keep = args.partial / f"{key}-{scheme.replace(':', '_')}.json"
+            row = json.loads(keep.read_text()) if keep.exists() else None
+            ok = row is not None and row.get("protocol") == protocol(args) and row.get("lr") == lr
+            if ok and row is not None and (is_float or row.get("schedule", "constant") == args.schedule):
+                rows.append(row)
+            else:
+                missing.append(f"{key}: {scheme}")
+        results.append({"model": MODELS[key], "rows": rows})
+    return {"benchmark": "train_fmnist", "protocol": protocol(args), "results": results, "missing": missing}
+
+
 def protocol(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "train_samples": args.train_samples,
@@ -246,6 +269,11 @@ def main() -> int:
     ap.add_argument(
         "--refresh-memory", action="store_true", help="only recompile the rows of --out and update their memory columns"
     )
+    ap.add_argument(
+        "--collect",
+        action="store_true",
+        help="only gather the finished rows of --partial into --out (a run still in progress)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "train_fmnist.json")
     ap.add_argument("--partial", type=Path, default=RESULTS / "train_fmnist.partial")
     args = ap.parse_args()
@@ -253,6 +281,8 @@ def main() -> int:
     if args.refresh_memory:
         payload = json.loads(args.out.read_text())
         refresh_memory(payload["results"])
+    elif args.collect:
+        payload = collect(args)
     else:
         keys = [k for k in args.models.split(",") if k in MODELS and model_path(k) is not None]
         with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -263,6 +293,8 @@ def main() -> int:
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(table(payload["results"]) + "\n")
     print(table(payload["results"]))
+    if payload.get("missing"):
+        print("not finished: " + ", ".join(payload["missing"]))
     return 0
 
 
