@@ -80,7 +80,8 @@ def _fc_call(lib: ctypes.CDLL, s: TtFcParams, x: np.ndarray, w: np.ndarray, bias
 
 
 FC_SHAPES = [(1, 1, 1), (1, 3, 2), (2, 4, 2), (3, 5, 3), (4, 8, 4), (5, 7, 5), (1, 33, 10), (6, 16, 9),
-             (7, 24, 16), (16, 96, 24), (2, 130, 3), (9, 3, 17), (0, 4, 2)]  # fmt: skip
+             (7, 24, 16), (16, 96, 24), (2, 130, 3), (9, 3, 17), (0, 4, 2),
+             (3, 128, 5), (5, 12, 7), (4, 132, 2), (3, 192, 3), (2, 196, 3), (3, 356, 3)]  # fmt: skip
 
 
 @pytest.mark.parametrize("patch_mode", ["none", "prefix", "delta"])
@@ -218,12 +219,21 @@ def test_fused_block_geometry_cases(libs: tuple[ctypes.CDLL, ctypes.CDLL], case:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_fused_block_weight_patches(libs: tuple[ctypes.CDLL, ctypes.CDLL], seed: int) -> None:
-    """Patched stages (the dsp block runs them with the reference loops): the reference's patch tests."""
+    """Patched stages (the dsp block: merged current weights through the GEMM, patched depthwise groups):
+    the reference's patch tests."""
     from tests import test_c_fused_block as ref_tests
 
     _, dsp = libs
     ref_tests.test_weight_patches_random_blocks(dsp, seed)
     ref_tests.test_refused_patches(dsp)
+
+
+def test_fused_block_weight_patches_shipped_tte(libs: tuple[ctypes.CDLL, ctypes.CDLL]) -> None:
+    """The patched live blocks of the 128x128 tte program (k = 56 leads, k = 336 projections) on the dsp build."""
+    from tests import test_c_fused_block as ref_tests
+
+    _, dsp = libs
+    ref_tests.test_weight_patches_shipped_tte_block(dsp)
 
 
 @pytest.mark.parametrize(("k", "stride", "lead", "residual"), RANDOM)

@@ -12,6 +12,8 @@
  */
 #include "tt_fc.h"
 
+#include <string.h>
+
 #include "tt_dsp.h"
 #include "tt_internal.h"
 
@@ -153,6 +155,53 @@ static void fc_general(const tt_fc_params *p, const fc_ctx *c, int8_t *out) {
     }
 }
 
+#define TT_FC_DSP_PATCH_MAX_K 352
+
+/* A patched layer without weight zero point (in_c <= TT_FC_DSP_PATCH_MAX_K): per channel pair,
+ * the current weights (the flash row with the n trained values put at ch[j]; a prefix patch
+ * gives the same row) merged into cur, then that pair as one GEMM: tt_dsp_gemm_wx_s8 (sums of
+ * the current weights modulo 2^32, as the reference). cap: cur holds 2 cap bytes. */
+static void fc_patched_pairs(const tt_fc_params *p, const int8_t *in, const int8_t *w, const int32_t *bias,
+                             const tt_weight_patch *patch, int8_t *out, int8_t *cur) {
+    const int32_t k = p->in_c;
+    const int32_t n = patch->n;
+    for (int32_t o = 0; o < p->out_c; o += 2) {
+        const int32_t m = p->out_c - o < 2 ? p->out_c - o : 2;
+        for (int32_t i = 0; i < m; ++i) {
+            int8_t *row = cur + (size_t)i * (size_t)k;
+            const int8_t *wt = patch->w_train + (size_t)(o + i) * (size_t)n;
+            memcpy(row, w + (size_t)(o + i) * (size_t)k, (size_t)k);
+            for (int32_t j = 0; j < n; ++j) {
+                row[patch->ch[j]] = wt[j];
+            }
+        }
+        const tt_dsp_gemm g = {p->rows,        p->in_c,  m, -p->in_zp, p->mult + o, p->shift + o, p->out_zp,
+                               p->act_min - p->out_zp, p->act_max - p->out_zp};
+        tt_dsp_gemm_wx_s8(&g, in, (size_t)p->in_c, cur, bias != NULL ? bias + o : NULL, out + o, (size_t)p->out_c);
+    }
+}
+
+static TT_DSP_NOINLINE void fc_patched_small(const tt_fc_params *p, const int8_t *in, const int8_t *w,
+                                             const int32_t *bias, const tt_weight_patch *patch, int8_t *out) {
+    int8_t cur[2 * TT_DSP_WX_MAX_K];
+    fc_patched_pairs(p, in, w, bias, patch, out, cur);
+}
+
+static TT_DSP_NOINLINE void fc_patched_large(const tt_fc_params *p, const int8_t *in, const int8_t *w,
+                                             const int32_t *bias, const tt_weight_patch *patch, int8_t *out) {
+    int8_t cur[2 * TT_FC_DSP_PATCH_MAX_K];
+    fc_patched_pairs(p, in, w, bias, patch, out, cur);
+}
+
+static void fc_patched(const tt_fc_params *p, const int8_t *in, const int8_t *w, const int32_t *bias,
+                       const tt_weight_patch *patch, int8_t *out) {
+    if (p->in_c <= TT_DSP_WX_MAX_K) {
+        fc_patched_small(p, in, w, bias, patch, out);
+    } else {
+        fc_patched_large(p, in, w, bias, patch, out);
+    }
+}
+
 /* C twin of tinytrain.sim.kernels.core_matmul.run_fully_connected (int8 path), optimized. */
 tt_status tt_fc_s8(const tt_fc_params *p, const int8_t *in, const int8_t *w, const int32_t *bias,
                    const tt_weight_patch *patch, int8_t *out) {
@@ -164,7 +213,11 @@ tt_status tt_fc_s8(const tt_fc_params *p, const int8_t *in, const int8_t *w, con
     if (mode == TT_PATCH_NONE && p->w_zp == 0) {
         const tt_dsp_gemm g = {p->rows, p->in_c, p->out_c, -p->in_zp, p->mult, p->shift,
                                p->out_zp, p->act_min - p->out_zp, p->act_max - p->out_zp};
-        tt_dsp_gemm_rq_s8(&g, in, (size_t)p->in_c, w, bias, out, (size_t)p->out_c);
+        tt_dsp_gemm_wx_s8(&g, in, (size_t)p->in_c, w, bias, out, (size_t)p->out_c);
+        return TT_OK;
+    }
+    if (p->w_zp == 0 && p->in_c <= TT_FC_DSP_PATCH_MAX_K) {
+        fc_patched(p, in, w, bias, patch, out);
         return TT_OK;
     }
     const fc_ctx c = {in, w, bias, p->in_c, -p->in_zp, (uint32_t)(-p->w_zp), mode, patch};

@@ -34,7 +34,7 @@
  * contiguous bytes. Channel pairs x pixel pairs, SMLAD, the input offset folded into
  * the start value (bias + off * weight sum), see include/tt_dsp.h.
  */
-static void window_gemm(const tt_dsp_gemm *g, int32_t kh, const int8_t *x, size_t x_step, size_t row_stride,
+static TT_DSP_NOINLINE void window_gemm(const tt_dsp_gemm *g, int32_t kh, const int8_t *x, size_t x_step, size_t row_stride,
                         const int8_t *w, const int32_t *bias, int8_t *y) {
     const int32_t seg = g->k;
     const int32_t taps = kh * seg;
@@ -89,80 +89,52 @@ static void window_gemm(const tt_dsp_gemm *g, int32_t kh, const int8_t *x, size_
 }
 
 #define TT_DSP_IM2COL_MAX_TAPS 36
-#define TT_DSP_IM2COL_PIXELS 8
+#define TT_DSP_IM2COL_PIXELS 16
 
-/* The last (taps % 4 != 0) or no extra word of a window: the x bytes of taps 4 * t4 ..
- * taps - 1 placed at the end of a word whose first bytes are 0, so that it pairs with the
- * weight word at taps - 4 (inside the channel's weights) and the extra weight bytes meet
- * zeros. */
-static void tt_dsp_im2col_pixel(const int8_t *xa, int32_t kh, int32_t seg, size_t row_stride, int32_t taps,
+/* The window of one output pixel (kh rows of seg bytes at xa + ky * row_stride) into dst,
+ * zero-padded to kp bytes. */
+static void tt_dsp_im2col_pixel(const int8_t *xa, int32_t kh, int32_t seg, size_t row_stride, int32_t kp,
                                 int8_t *dst) {
-    int8_t win[TT_DSP_IM2COL_MAX_TAPS];
     for (int32_t ky = 0; ky < kh; ++ky) {
-        memcpy(win + (size_t)ky * (size_t)seg, xa + (size_t)ky * row_stride, (size_t)seg);
+        memcpy(dst + (size_t)ky * (size_t)seg, xa + (size_t)ky * row_stride, (size_t)seg);
     }
-    const int32_t full = taps & ~3;
-    memcpy(dst, win, (size_t)full);
-    const int32_t rest = taps - full;
-    if (rest != 0) {
-        memset(dst + full, 0, 4);
-        memcpy(dst + full + 4 - rest, win + full, (size_t)rest);
-    }
+    memset(dst + (size_t)kh * (size_t)seg, 0, (size_t)(kp - kh * seg));
 }
 
 /*
  * A windowed convolution row whose window (kh rows of seg bytes, taps = kh * seg <=
  * TT_DSP_IM2COL_MAX_TAPS) is gathered once per pixel into a contiguous buffer (chunks of
- * TT_DSP_IM2COL_PIXELS pixels), then channel pairs x pixel pairs as one GEMM over the whole
- * window: a channel's taps weights are contiguous (OHWI), the last partial word pairs
- * weights taps - 4 .. taps - 1 with (0.., the last taps % 4 x bytes), see
- * tt_dsp_im2col_pixel; requantization tt_dsp_rq.
+ * TT_DSP_IM2COL_PIXELS pixels, each zero-padded to kp = taps rounded up to 4 bytes), then
+ * per channel pair (its OHWI weights, contiguous, copied with the same zero padding) one
+ * tt_dsp_gemm_wx_s8 over the chunk: the padded taps add 0 to the sums and to the weight sums.
  */
-static void window_gemm_im2col(const tt_dsp_gemm *g, int32_t kh, const int8_t *x, size_t x_step, size_t row_stride,
+static TT_DSP_NOINLINE void window_gemm_im2col(const tt_dsp_gemm *g, int32_t kh, const int8_t *x, size_t x_step, size_t row_stride,
                                const int8_t *w, const int32_t *bias, int8_t *y) {
     const int32_t seg = g->k;
     const int32_t taps = kh * seg;
-    const int32_t full = taps & ~3;
-    const int32_t extra = taps != full;
-    const int32_t xs = full + 4 * extra; /* bytes per gathered pixel */
+    const int32_t kp = (taps + 3) & ~3;
     const size_t y_stride = (size_t)g->cols;
-    const int32_t zp = g->zp, lo_z = g->lo_z, hi_z = g->hi_z;
-    int8_t buf[TT_DSP_IM2COL_PIXELS * (TT_DSP_IM2COL_MAX_TAPS + 4)];
+    int8_t buf[TT_DSP_IM2COL_PIXELS * TT_DSP_IM2COL_MAX_TAPS];
+    int8_t wp[2 * TT_DSP_IM2COL_MAX_TAPS];
     for (int32_t px0 = 0; px0 < g->rows; px0 += TT_DSP_IM2COL_PIXELS) {
         const int32_t np = g->rows - px0 < TT_DSP_IM2COL_PIXELS ? g->rows - px0 : TT_DSP_IM2COL_PIXELS;
         for (int32_t i = 0; i < np; ++i) {
-            tt_dsp_im2col_pixel(x + (size_t)(px0 + i) * x_step, kh, seg, row_stride, taps, buf + (size_t)i * (size_t)xs);
+            tt_dsp_im2col_pixel(x + (size_t)(px0 + i) * x_step, kh, seg, row_stride, kp, buf + (size_t)i * (size_t)kp);
         }
-        for (int32_t co = 0; co < g->cols; ++co) {
-            const int8_t *w0 = w + (size_t)co * (size_t)taps;
-            const int pair = co + 1 < g->cols;
-            const int8_t *w1 = pair ? w0 + taps : w0;
-            const uint32_t b0 = (bias != NULL ? (uint32_t)bias[co] : 0u) + (uint32_t)g->off * tt_dsp_sum_s8(w0, taps);
-            const uint32_t b1 =
-                pair ? (bias != NULL ? (uint32_t)bias[co + 1] : 0u) + (uint32_t)g->off * tt_dsp_sum_s8(w1, taps) : 0u;
-            const tt_dsp_rq rq[2] = {tt_dsp_rq_make(g->mult[co], g->shift[co]),
-                                     tt_dsp_rq_make(g->mult[co + pair], g->shift[co + pair])};
-            for (int32_t i = 0; i < np; i += 2) {
-                const int8_t *xa = buf + (size_t)i * (size_t)xs;
-                const int8_t *xb = i + 1 < np ? xa + xs : xa; /* an odd last pixel: computed twice, stored once */
-                uint32_t acc[4] = {b0, b1, b0, b1};
-                tt_dsp_dot_2x2_w(xa, xb, w0, w1, full, acc);
-                if (extra) {
-                    tt_dsp_dot_2x2_w(xa + full, xb + full, w0 + taps - 4, w1 + taps - 4, 4, acc);
-                }
-                int8_t *y0 = y + (size_t)(px0 + i) * y_stride + (size_t)co;
-                y0[0] = tt_dsp_rq_s8(acc[0], &rq[0], zp, lo_z, hi_z);
-                if (pair) {
-                    y0[1] = tt_dsp_rq_s8(acc[1], &rq[1], zp, lo_z, hi_z);
-                }
-                if (i + 1 < np) {
-                    y0[y_stride] = tt_dsp_rq_s8(acc[2], &rq[0], zp, lo_z, hi_z);
-                    if (pair) {
-                        y0[y_stride + 1] = tt_dsp_rq_s8(acc[3], &rq[1], zp, lo_z, hi_z);
-                    }
-                }
+        for (int32_t co = 0; co < g->cols; co += 2) {
+            const int32_t m = g->cols - co < 2 ? g->cols - co : 2;
+            for (int32_t i = 0; i < m; ++i) {
+                memcpy(wp + (size_t)i * (size_t)kp, w + (size_t)(co + i) * (size_t)taps, (size_t)taps);
+                memset(wp + (size_t)i * (size_t)kp + (size_t)taps, 0, (size_t)(kp - taps));
             }
-            co += pair;
+            tt_dsp_gemm sub = *g;
+            sub.rows = np;
+            sub.k = kp;
+            sub.cols = m;
+            sub.mult = g->mult + co;
+            sub.shift = g->shift + co;
+            tt_dsp_gemm_wx_s8(&sub, buf, (size_t)kp, wp, bias != NULL ? bias + co : NULL,
+                              y + (size_t)px0 * y_stride + (size_t)co, y_stride);
         }
     }
 }
@@ -175,18 +147,89 @@ static tt_dsp_gemm stage_gemm(const tt_fb_stage *st, int32_t rows, int32_t k, in
 }
 
 
+
+#define TT_DSP_PATCH_MAX_K 352
+
+/* Channels o, o + 1 (m of them) of a patched 1x1 stage: their current weights (the flash row
+ * with the n trained values w_train [cols][n] put at input channels ch[j]) into cur (m rows of
+ * k bytes). */
+static void merge_patched_rows(const tt_fb_stage *st, int32_t k, int32_t o, int32_t m, int8_t *cur) {
+    const int32_t n = st->patch->n;
+    for (int32_t i = 0; i < m; ++i) {
+        int8_t *row = cur + (size_t)i * (size_t)k;
+        const int8_t *wt = st->patch->w_train + (size_t)(o + i) * (size_t)n;
+        memcpy(row, st->weights + (size_t)(o + i) * (size_t)k, (size_t)k);
+        for (int32_t j = 0; j < n; ++j) {
+            row[st->patch->ch[j]] = wt[j];
+        }
+    }
+}
+
+/* patched_gemm for k <= TT_DSP_WX_MAX_K (a small merge buffer next to tt_dsp_gemm_wx_body's). */
+static TT_DSP_NOINLINE void patched_gemm_small(const tt_dsp_gemm *g, const tt_fb_stage *st, const int8_t *x,
+                                               size_t x_stride, const int32_t *bias, int8_t *y, size_t y_stride) {
+    int8_t cur[2 * TT_DSP_WX_MAX_K];
+    for (int32_t o = 0; o < g->cols; o += 2) {
+        const int32_t m = g->cols - o < 2 ? g->cols - o : 2;
+        merge_patched_rows(st, g->k, o, m, cur);
+        tt_dsp_gemm sub = *g;
+        sub.cols = m;
+        sub.mult = g->mult + o;
+        sub.shift = g->shift + o;
+        tt_dsp_gemm_wx_s8(&sub, x, x_stride, cur, bias != NULL ? bias + o : NULL, y + o, y_stride);
+    }
+}
+
+/* patched_gemm for TT_DSP_WX_MAX_K < k <= TT_DSP_PATCH_MAX_K (tt_dsp_gemm_rq_s8 per pair). */
+static TT_DSP_NOINLINE void patched_gemm_large(const tt_dsp_gemm *g, const tt_fb_stage *st, const int8_t *x,
+                                               size_t x_stride, const int32_t *bias, int8_t *y, size_t y_stride) {
+    int8_t cur[2 * TT_DSP_PATCH_MAX_K];
+    for (int32_t o = 0; o < g->cols; o += 2) {
+        const int32_t m = g->cols - o < 2 ? g->cols - o : 2;
+        merge_patched_rows(st, g->k, o, m, cur);
+        tt_dsp_gemm sub = *g;
+        sub.cols = m;
+        sub.mult = g->mult + o;
+        sub.shift = g->shift + o;
+        tt_dsp_gemm_rq_s8(&sub, x, x_stride, cur, bias != NULL ? bias + o : NULL, y + o, y_stride);
+    }
+}
+
+/* A 1x1 stage with a weight patch: per channel pair the current weights merged on the stack,
+ * then that pair as one GEMM (cols = 2, or 1 for a last odd channel); the sums are the
+ * reference's with the current weights, modulo 2^32. Returns 0 (nothing written) when
+ * k > TT_DSP_PATCH_MAX_K. */
+static int patched_gemm(const tt_dsp_gemm *g, const tt_fb_stage *st, const int8_t *x, size_t x_stride,
+                        const int32_t *bias, int8_t *y, size_t y_stride) {
+    if (g->k > TT_DSP_PATCH_MAX_K) {
+        return 0;
+    }
+    if (g->k <= TT_DSP_WX_MAX_K) {
+        patched_gemm_small(g, st, x, x_stride, bias, y, y_stride);
+    } else {
+        patched_gemm_large(g, st, x, x_stride, bias, y, y_stride);
+    }
+    return 1;
+}
+
 void tt_fb_lead_row(const tt_fb_ctx *c, const int8_t *rows, size_t row_stride, int8_t *dst) {
     const tt_fused_block_params *p = c->p;
     const tt_fb_window *g = &p->lead_win;
     const tt_fb_stage *st = &p->lead;
     const int32_t cin = p->in_c;
+    if (c->lead_mode != TT_PATCH_NONE && c->direct) {
+        const tt_dsp_gemm gm = stage_gemm(st, p->mid_w, cin, p->mid_c);
+        if (patched_gemm(&gm, st, rows, (size_t)cin, c->lead_bias, dst, (size_t)p->mid_c)) {
+            return;
+        }
+    }
     if (c->lead_mode != TT_PATCH_NONE || (!c->direct && g->dw != 1)) {
         lead_row_generic(c, rows, row_stride, dst); /* patched weights, column dilation */
         return;
     }
     if (c->direct) {
         const tt_dsp_gemm gm = stage_gemm(st, p->mid_w, cin, p->mid_c);
-        tt_dsp_gemm_rq_s8(&gm, rows, (size_t)cin, st->weights, c->lead_bias, dst, (size_t)p->mid_c);
+        tt_dsp_gemm_wx_s8(&gm, rows, (size_t)cin, st->weights, c->lead_bias, dst, (size_t)p->mid_c);
         return;
     }
     const tt_dsp_gemm gm = stage_gemm(st, p->mid_w, g->kw * cin, p->mid_c);
@@ -212,6 +255,90 @@ void tt_fb_lead_row(const tt_fb_ctx *c, const int8_t *rows, size_t row_stride, i
         a3 = tt_smlatt(xo_, (wt)[1], a3);                                                                              \
     } while (0)
 
+
+/* One window row of three taps (kx = 0, 1, 2 at p, p + ts, p + 2 ts) for a channel group:
+ * TT_DSP_DW_TAP three times with the weights at byte offsets o0, o1, o2 (literals) of wt; on the DSP extension one
+ * inline-assembly block (GCC otherwise interleaves the taps and spills the extended inputs):
+ * LDR, LDRD (wt is 4-byte aligned), SXTB16 twice, SMLABB / SMLATT into a0 .. a3 per tap. */
+#if TT_DSP_NATIVE
+#define TT_DSP_DW_TAP_ASM(xaddr, wofs)                                                                                 \
+    "ldr %[x], " xaddr "\n\t"                                                                                          \
+    "ldrd %[w0], %[w1], [%[w], #" wofs "]\n\t"                                                                         \
+    "sxtb16 %[e], %[x]\n\t"                                                                                            \
+    "sxtb16 %[x], %[x], ror #8\n\t"                                                                                    \
+    "smlabb %[a0], %[e], %[w0], %[a0]\n\t"                                                                             \
+    "smlatt %[a2], %[e], %[w0], %[a2]\n\t"                                                                             \
+    "smlabb %[a1], %[x], %[w1], %[a1]\n\t"                                                                             \
+    "smlatt %[a3], %[x], %[w1], %[a3]\n\t"
+#define TT_DSP_DW_ROW3(p_, ts_, wt_, o0, o1, o2)                                                                       \
+    do {                                                                                                               \
+        uint32_t x_, e_, w0_, w1_;                                                                                     \
+        __asm__(TT_DSP_DW_TAP_ASM("[%[p]]", #o0) TT_DSP_DW_TAP_ASM("[%[p], %[ts]]", #o1)                               \
+                "add %[e], %[p], %[ts]\n\t" TT_DSP_DW_TAP_ASM("[%[e], %[ts]]", #o2)                                    \
+                : [x] "=&r"(x_), [e] "=&r"(e_), [w0] "=&r"(w0_), [w1] "=&r"(w1_), [a0] "+r"(a0), [a1] "+r"(a1),       \
+                  [a2] "+r"(a2), [a3] "+r"(a3)                                                                         \
+                : [p] "r"(p_), [ts] "r"(ts_), [w] "r"(wt_)                                                             \
+                : "memory");                                                                                           \
+    } while (0)
+#else
+#define TT_DSP_DW_ROW3(p, ts, wt, o0, o1, o2)                                                                          \
+    do {                                                                                                               \
+        TT_DSP_DW_TAP((p), (wt) + (o0) / 4);                                                                           \
+        TT_DSP_DW_TAP((p) + (ts), (wt) + (o1) / 4);                                                                    \
+        TT_DSP_DW_TAP((p) + 2 * (ts), (wt) + (o2) / 4);                                                                \
+    } while (0)
+#endif
+
+/* A depthwise channel group's constants (4 channels). */
+typedef struct {
+    uint32_t b[4];
+    tt_dsp_rq rq[4];
+    int32_t zp, lo_z, hi_z;
+} dw_group;
+
+/* Output pixels 0 .. out_w - 1 of a 3x3 window for one channel group: window rows at r0, r1,
+ * r2 (already offset to the group's first channel), pixel ox at + ox * x_step, tap kx at
+ * + kx * ts; wx as in tt_fb_depthwise_row; y + ox * nc; requantization per mode (TT_DSP_RQ_*). */
+static TT_DSP_ALWAYS_INLINE void dw_pixels_3x3(const int8_t *r0, const int8_t *r1, const int8_t *r2, size_t x_step, size_t ts,
+                                 int32_t out_w, const uint32_t *wx, const dw_group *gp, int8_t *y, size_t nc,
+                                 int mode) {
+    const int32_t zp = gp->zp, lo_z = gp->lo_z, hi_z = gp->hi_z;
+    const tt_dsp_rq rq0 = gp->rq[0], rq1 = gp->rq[1], rq2 = gp->rq[2], rq3 = gp->rq[3];
+    const uint32_t b0 = gp->b[0], b1 = gp->b[1], b2 = gp->b[2], b3 = gp->b[3];
+    for (int32_t ox = out_w; ox > 0; --ox) {
+        uint32_t a0 = b0, a1 = b1, a2 = b2, a3 = b3;
+        TT_DSP_DW_ROW3(r0, ts, wx, 0, 8, 16);
+        TT_DSP_DW_ROW3(r1, ts, wx, 24, 32, 40);
+        TT_DSP_DW_ROW3(r2, ts, wx, 48, 56, 64);
+        y[0] = TT_DSP_PAIR_OUT(a0, &rq0, mode);
+        y[1] = TT_DSP_PAIR_OUT(a1, &rq1, mode);
+        y[2] = TT_DSP_PAIR_OUT(a2, &rq2, mode);
+        y[3] = TT_DSP_PAIR_OUT(a3, &rq3, mode);
+        r0 += x_step;
+        r1 += x_step;
+        r2 += x_step;
+        y += nc;
+    }
+}
+
+static TT_DSP_NOINLINE void dw_pixels_3x3_full(const int8_t *r0, const int8_t *r1, const int8_t *r2, size_t x_step,
+                                               size_t ts, int32_t out_w, const uint32_t *wx, const dw_group *gp,
+                                               int8_t *y, size_t nc) {
+    dw_pixels_3x3(r0, r1, r2, x_step, ts, out_w, wx, gp, y, nc, TT_DSP_RQ_FULL);
+}
+
+static TT_DSP_NOINLINE void dw_pixels_3x3_fast(const int8_t *r0, const int8_t *r1, const int8_t *r2, size_t x_step,
+                                               size_t ts, int32_t out_w, const uint32_t *wx, const dw_group *gp,
+                                               int8_t *y, size_t nc) {
+    dw_pixels_3x3(r0, r1, r2, x_step, ts, out_w, wx, gp, y, nc, TT_DSP_RQ_FAST);
+}
+
+static TT_DSP_NOINLINE void dw_pixels_3x3_any(const int8_t *r0, const int8_t *r1, const int8_t *r2, size_t x_step,
+                                              size_t ts, int32_t out_w, const uint32_t *wx, const dw_group *gp,
+                                              int8_t *y, size_t nc) {
+    dw_pixels_3x3(r0, r1, r2, x_step, ts, out_w, wx, gp, y, nc, TT_DSP_RQ_ANY);
+}
+
 /* Four channels at a time: per group, the weights are sign-extended once into int16 pairs
  * (wx: tap t's (ch, ch + 2) and (ch + 1, ch + 3) words), the start values bias + off *
  * (weight sum) and the requantization constants computed once; per output pixel and tap
@@ -224,8 +351,8 @@ void tt_fb_depthwise_row(const tt_fb_ctx *c, const int8_t *ring, int32_t oy, int
     const tt_fb_window *g = &p->dw_win;
     const tt_fb_stage *st = &p->dw;
     const int32_t kh = g->kh, kw = g->kw;
-    if (c->dw_mode != TT_PATCH_NONE || kh > TT_DSP_DW_MAX_KH || kh * kw > TT_DSP_DW_MAX_TAPS) {
-        depthwise_row_generic(c, ring, oy, 0, dst); /* patched weights, large windows */
+    if (kh > TT_DSP_DW_MAX_KH || kh * kw > TT_DSP_DW_MAX_TAPS) {
+        depthwise_row_generic(c, ring, oy, 0, dst); /* large windows */
         return;
     }
     const int32_t nc = p->mid_c;
@@ -238,20 +365,40 @@ void tt_fb_depthwise_row(const tt_fb_ctx *c, const int8_t *ring, int32_t oy, int
     const size_t x_step = (size_t)g->sw * (size_t)nc;   /* next output pixel */
     const size_t tap_step = (size_t)g->dw * (size_t)nc; /* next kx */
     const int unrolled = kw == 3;
+    const int full = st->act_min == -128 && st->act_max == 127;
     const int8_t *rowp[TT_DSP_DW_MAX_KH];
     for (int32_t ky = 0; ky < kh; ++ky) {
         int32_t slot = base + ky * g->dh;
         slot %= n_ring;
         rowp[ky] = ring + (size_t)slot * c->slot_bytes;
     }
+    const fb_patch pt = stage_patch(st, c->dw_mode); /* whole channels: w_train [taps][n] */
+    int32_t pj = 0;                                  /* the first patched channel >= ch0 */
     int32_t ch0 = 0;
     for (; ch0 + 4 <= nc; ch0 += 4) {
         uint32_t wx[2 * TT_DSP_DW_MAX_TAPS];
+        int8_t wg[4 * TT_DSP_DW_MAX_TAPS]; /* a patched group's current weights, [taps][4] */
+        const int8_t *wsrc = st->weights + (size_t)ch0;
+        size_t wstep = (size_t)nc;
+        if (pj < pt.n && (int32_t)pt.ch[pj] < ch0 + 4) {
+            for (int32_t t = 0; t < taps; ++t) {
+                memcpy(wg + 4 * t, st->weights + (size_t)t * (size_t)nc + (size_t)ch0, 4);
+            }
+            wsrc = wg;
+            wstep = 4;
+        }
+        while (pj < pt.n && (int32_t)pt.ch[pj] < ch0 + 4) {
+            const int32_t lane = (int32_t)pt.ch[pj] - ch0;
+            for (int32_t t = 0; t < taps; ++t) {
+                wg[4 * t + lane] = pt.wt[(size_t)t * (size_t)pt.n + (size_t)pj];
+            }
+            ++pj;
+        }
         uint32_t b[4];
         tt_dsp_rq rq[4];
         uint32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         for (int32_t t = 0; t < taps; ++t) {
-            const int8_t *wp = st->weights + (size_t)t * (size_t)nc + (size_t)ch0;
+            const int8_t *wp = wsrc + (size_t)t * wstep;
             const uint32_t wv = tt_ld32(wp);
             wx[2 * t] = tt_sxtb16(wv);
             wx[2 * t + 1] = tt_sxtb16_ror8(wv);
@@ -266,6 +413,28 @@ void tt_fb_depthwise_row(const tt_fb_ctx *c, const int8_t *ring, int32_t oy, int
             b[j] = (c->dw_bias != NULL ? (uint32_t)c->dw_bias[ch0 + j] : 0u) + off * sums[j];
             rq[j] = tt_dsp_rq_make(st->multiplier[ch0 + j], st->shift[ch0 + j]);
             fast &= rq[j].fast;
+        }
+        if (kh == 3 && kw == 3) {
+            dw_group gp;
+            for (int32_t j = 0; j < 4; ++j) {
+                gp.b[j] = b[j];
+                gp.rq[j] = rq[j];
+            }
+            gp.zp = zp;
+            gp.lo_z = lo_z;
+            gp.hi_z = hi_z;
+            int8_t *y = dst + (size_t)ch0;
+            if (fast && full) {
+                dw_pixels_3x3_full(rowp[0] + ch0, rowp[1] + ch0, rowp[2] + ch0, x_step, tap_step, p->out_w, wx, &gp, y,
+                                   (size_t)nc);
+            } else if (fast) {
+                dw_pixels_3x3_fast(rowp[0] + ch0, rowp[1] + ch0, rowp[2] + ch0, x_step, tap_step, p->out_w, wx, &gp, y,
+                                   (size_t)nc);
+            } else {
+                dw_pixels_3x3_any(rowp[0] + ch0, rowp[1] + ch0, rowp[2] + ch0, x_step, tap_step, p->out_w, wx, &gp, y,
+                                  (size_t)nc);
+            }
+            continue;
         }
         for (int32_t ox = 0; ox < p->out_w; ++ox) {
             uint32_t a0 = b[0], a1 = b[1], a2 = b[2], a3 = b[3];
@@ -310,10 +479,12 @@ void tt_fb_depthwise_row(const tt_fb_ctx *c, const int8_t *ring, int32_t oy, int
 
 void tt_fb_project_row(const tt_fb_ctx *c, const int8_t *dw_row, int8_t *dst) {
     const tt_fused_block_params *p = c->p;
+    const tt_dsp_gemm gm = stage_gemm(&p->proj, p->out_w, p->mid_c, p->out_c);
     if (c->proj_mode != TT_PATCH_NONE) {
-        project_row_generic(c, dw_row, dst); /* patched weights */
+        if (!patched_gemm(&gm, &p->proj, dw_row, (size_t)p->mid_c, c->proj_bias, dst, (size_t)p->out_c)) {
+            project_row_generic(c, dw_row, dst); /* patched weights, k > TT_DSP_PATCH_MAX_K */
+        }
         return;
     }
-    const tt_dsp_gemm gm = stage_gemm(&p->proj, p->out_w, p->mid_c, p->out_c);
-    tt_dsp_gemm_rq_s8(&gm, dw_row, (size_t)p->mid_c, p->proj.weights, c->proj_bias, dst, (size_t)p->out_c);
+    tt_dsp_gemm_wx_s8(&gm, dw_row, (size_t)p->mid_c, p->proj.weights, c->proj_bias, dst, (size_t)p->out_c);
 }

@@ -363,6 +363,27 @@ static inline void dw_quad_sums(const tt_linear_bwd_params *p, const int8_t *w, 
             const int8_t *wt = w + (ky * kw + (px - ox0 * p->sw)) * ch + c;
             const int16_t *gt = pre + (oy * out_w + ox0) * ch + c;
             for (int32_t t = 0; t < taps_x; ++t, wt -= w_step, gt += ch) {
+#if TT_DSP_NATIVE
+                /* one block (GCC otherwise spills around the four accumulators): skips a tap
+                 * whose four g' are 0, else the four SMLAxy */
+                uint32_t g01_, g23_, v_, e_;
+                __asm__("ldr %[g01], [%[gt]]\n\t"
+                        "ldr %[g23], [%[gt], #4]\n\t"
+                        "orrs %[v], %[g01], %[g23]\n\t"
+                        "beq 1f\n\t"
+                        "ldr %[v], [%[wt]]\n\t"
+                        "sxtb16 %[e], %[v]\n\t"
+                        "sxtb16 %[v], %[v], ror #8\n\t"
+                        "smlabb %[s0], %[e], %[g01], %[s0]\n\t"
+                        "smlabt %[s1], %[v], %[g01], %[s1]\n\t"
+                        "smlatb %[s2], %[e], %[g23], %[s2]\n\t"
+                        "smlatt %[s3], %[v], %[g23], %[s3]\n"
+                        "1:"
+                        : [g01] "=&r"(g01_), [g23] "=&r"(g23_), [v] "=&r"(v_), [e] "=&r"(e_), [s0] "+r"(s0),
+                          [s1] "+r"(s1), [s2] "+r"(s2), [s3] "+r"(s3)
+                        : [gt] "r"(gt), [wt] "r"(wt), "m"(*(const int16_t(*)[4])gt), "m"(*(const uint8_t(*)[4])wt)
+                        : "cc");
+#else
                 uint32_t g01, g23;
                 memcpy(&g01, gt, 4);
                 memcpy(&g23, gt + 2, 4);
@@ -375,6 +396,7 @@ static inline void dw_quad_sums(const tt_linear_bwd_params *p, const int8_t *w, 
                 s1 = tt_smlabt(o, g01, s1);
                 s2 = tt_smlatb(e, g23, s2);
                 s3 = tt_smlatt(o, g23, s3);
+#endif
             }
         }
     } else {

@@ -514,4 +514,240 @@ static inline void tt_dsp_gemm_rq_s8(const tt_dsp_gemm *g, const int8_t *x, size
     }
 }
 
+/* ------------------------------------------ GEMM with the weights of a channel pair pre-extended */
+
+#if defined(__GNUC__)
+#define TT_DSP_NOINLINE __attribute__((noinline))
+#define TT_DSP_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define TT_DSP_NOINLINE
+#define TT_DSP_ALWAYS_INLINE inline
+#endif
+
+/* Largest k (multiple of 4) whose channel-pair weights tt_dsp_gemm_wx_s8 extends on the stack
+ * (4 k bytes). */
+#define TT_DSP_WX_MAX_K 192
+
+/* The per-channel-pair constants of tt_dsp_gemm_wx_s8's row loop. */
+typedef struct {
+    uint32_t b0, b1; /* start values: bias + off * weight sum */
+    tt_dsp_rq rq[2];
+    int32_t zp, lo_z, hi_z;
+} tt_dsp_pair;
+
+/* Both channels' int8 weights w0, w1 (k4 words each) as int16 pairs, one 16-byte group per
+ * 4 bytes: wx[4 j .. 4 j + 3] = sxtb16(w0 word j), sxtb16_ror8(w0 word j), the same of w1;
+ * returns the two weight sums (modulo 2^32) in s[0], s[1]. */
+static inline void tt_dsp_extend_pair(const int8_t *w0, const int8_t *w1, int32_t k4, uint32_t *wx, uint32_t s[2]) {
+    const uint32_t ones = 0x00010001u;
+    uint32_t s0 = 0, s1 = 0;
+    for (int32_t j = 0; j < k4; ++j) {
+        const uint32_t a = tt_ld32(w0 + 4 * j), b = tt_ld32(w1 + 4 * j);
+        const uint32_t ae = tt_sxtb16(a), ao = tt_sxtb16_ror8(a), be = tt_sxtb16(b), bo = tt_sxtb16_ror8(b);
+        wx[4 * j] = ae;
+        wx[4 * j + 1] = ao;
+        wx[4 * j + 2] = be;
+        wx[4 * j + 3] = bo;
+        s0 = tt_smlad(ae, ones, tt_smlad(ao, ones, s0));
+        s1 = tt_smlad(be, ones, tt_smlad(bo, ones, s1));
+    }
+    s[0] = s0;
+    s[1] = s1;
+}
+
+/* acc of rows xa (and xb) with the pre-extended pair wx over k4 words. */
+#define TT_DSP_WX_STEP(pa, pb, pw)                                                                                     \
+    do {                                                                                                               \
+        const uint32_t xa_ = tt_ld32(pa), xb_ = tt_ld32(pb);                                                           \
+        const uint32_t xae_ = tt_sxtb16(xa_), xao_ = tt_sxtb16_ror8(xa_);                                              \
+        const uint32_t xbe_ = tt_sxtb16(xb_), xbo_ = tt_sxtb16_ror8(xb_);                                              \
+        a00 = tt_smlad(xae_, (pw)[0], a00);                                                                            \
+        a10 = tt_smlad(xbe_, (pw)[0], a10);                                                                            \
+        a00 = tt_smlad(xao_, (pw)[1], a00);                                                                            \
+        a10 = tt_smlad(xbo_, (pw)[1], a10);                                                                            \
+        a01 = tt_smlad(xae_, (pw)[2], a01);                                                                            \
+        a11 = tt_smlad(xbe_, (pw)[2], a11);                                                                            \
+        a01 = tt_smlad(xao_, (pw)[3], a01);                                                                            \
+        a11 = tt_smlad(xbo_, (pw)[3], a11);                                                                            \
+    } while (0)
+
+/* TT_DSP_WX_STEP(pa, pb, pw) then pa, pb += 4 and pw += 4 words: on the DSP extension one
+ * inline-assembly block (post-incremented loads, LDRD of the extended weights, 16
+ * instructions per 16 products, six temporaries). */
+#if TT_DSP_NATIVE
+#define TT_DSP_WX_STEP_INC(pa, pb, pw)                                                                                 \
+    do {                                                                                                               \
+        uint32_t xa_, xb_, e_, f_, w0_, w1_;                                                                           \
+        __asm__ volatile("ldr %[xa], [%[pa]], #4\n\t"                                                                  \
+                         "ldr %[xb], [%[pb]], #4\n\t"                                                                  \
+                         "ldrd %[w0], %[w1], [%[pw]], #16\n\t"                                                         \
+                         "sxtb16 %[e], %[xa]\n\t"                                                                      \
+                         "sxtb16 %[xa], %[xa], ror #8\n\t"                                                             \
+                         "smlad %[a00], %[e], %[w0], %[a00]\n\t"                                                       \
+                         "sxtb16 %[f], %[xb]\n\t"                                                                      \
+                         "smlad %[a00], %[xa], %[w1], %[a00]\n\t"                                                      \
+                         "sxtb16 %[xb], %[xb], ror #8\n\t"                                                             \
+                         "smlad %[a10], %[f], %[w0], %[a10]\n\t"                                                       \
+                         "smlad %[a10], %[xb], %[w1], %[a10]\n\t"                                                      \
+                         "ldrd %[w0], %[w1], [%[pw], #-8]\n\t"                                                         \
+                         "smlad %[a01], %[e], %[w0], %[a01]\n\t"                                                       \
+                         "smlad %[a11], %[f], %[w0], %[a11]\n\t"                                                       \
+                         "smlad %[a01], %[xa], %[w1], %[a01]\n\t"                                                      \
+                         "smlad %[a11], %[xb], %[w1], %[a11]"                                                          \
+                         : [xa] "=&r"(xa_), [xb] "=&r"(xb_), [e] "=&r"(e_), [f] "=&r"(f_), [w0] "=&r"(w0_),            \
+                           [w1] "=&r"(w1_), [a00] "+r"(a00), [a01] "+r"(a01), [a10] "+r"(a10), [a11] "+r"(a11),       \
+                           [pa] "+r"(pa), [pb] "+r"(pb), [pw] "+r"(pw)                                                 \
+                         :                                                                                             \
+                         : "memory");                                                                                  \
+    } while (0)
+#else
+#define TT_DSP_WX_STEP_INC(pa, pb, pw)                                                                                 \
+    do {                                                                                                               \
+        TT_DSP_WX_STEP(pa, pb, pw);                                                                                    \
+        pa += 4;                                                                                                       \
+        pb += 4;                                                                                                       \
+        pw += 4;                                                                                                       \
+    } while (0)
+#endif
+
+/* clamp(v, -128, 127) as int8 (SSAT #8 on the DSP extension). */
+#if TT_DSP_NATIVE
+static inline int32_t tt_ssat8(int32_t v) { return __ssat(v, 8); }
+#else
+static inline int32_t tt_ssat8(int32_t v) { return tt_clamp32(v, -128, 127); }
+#endif
+
+/* How tt_dsp_pair_rows requantizes: any channel (tt_dsp_rq_s8); fast channels, clamped to
+ * [lo_z, hi_z]; fast channels of a full-range output (act_min = -128, act_max = 127):
+ * clamp(v, lo_z, hi_z) + zp = ssat8(v + zp), v + zp cannot overflow since |v| <= 2^31 / 2^r'
+ * with r' = r - 1 >= 0 ... (v = the high word of an int64 below 2^62 in magnitude shifted right
+ * by 32 + r - 1 >= 32, so |v| <= 2^30). */
+enum { TT_DSP_RQ_ANY = 0, TT_DSP_RQ_FAST = 1, TT_DSP_RQ_FULL = 2 };
+
+#define TT_DSP_PAIR_OUT(acc, rqp, mode)                                                                                \
+    ((mode) == TT_DSP_RQ_FULL   ? (int8_t)tt_ssat8(tt_dsp_rq_fast((acc), (rqp)) + zp)                                 \
+     : (mode) == TT_DSP_RQ_FAST ? tt_dsp_rq_out(tt_dsp_rq_fast((acc), (rqp)), zp, lo_z, hi_z)                         \
+                                : tt_dsp_rq_s8((acc), (rqp), zp, lo_z, hi_z))
+
+/* Rows 0 .. rows - 1 (x + r * x_stride, k4 words each) of one channel pair (pre-extended wx,
+ * constants cp) into y + r * y_stride + 0 / 1, requantized per mode (TT_DSP_RQ_*). */
+static TT_DSP_ALWAYS_INLINE void tt_dsp_pair_rows(const int8_t *x, size_t x_stride, int32_t rows, int32_t k4, const uint32_t *wx,
+                                    const tt_dsp_pair *cp, int8_t *y, size_t y_stride, int mode) {
+    const int32_t zp = cp->zp, lo_z = cp->lo_z, hi_z = cp->hi_z;
+    const tt_dsp_rq rq0 = cp->rq[0], rq1 = cp->rq[1];
+    const uint32_t b0 = cp->b0, b1 = cp->b1;
+    const size_t kb = 4 * (size_t)k4;
+    const int8_t *x_end = x + (size_t)(rows & ~1) * x_stride;
+    while (x != x_end) {
+        const int8_t *pa = x, *pb = x + x_stride;
+        const uint32_t *pw = wx;
+        uint32_t a00 = b0, a01 = b1, a10 = b0, a11 = b1;
+        const int8_t *end = pa + kb;
+        do {
+            TT_DSP_WX_STEP_INC(pa, pb, pw);
+        } while (pa != end);
+        y[0] = TT_DSP_PAIR_OUT(a00, &rq0, mode);
+        y[1] = TT_DSP_PAIR_OUT(a01, &rq1, mode);
+        y[y_stride] = TT_DSP_PAIR_OUT(a10, &rq0, mode);
+        y[y_stride + 1] = TT_DSP_PAIR_OUT(a11, &rq1, mode);
+        x += 2 * x_stride;
+        y += 2 * y_stride;
+    }
+    if ((rows & 1) != 0) {
+        const int8_t *pa = x;
+        const uint32_t *pw = wx;
+        uint32_t a00 = cp->b0, a01 = cp->b1;
+        for (int32_t j = 0; j < k4; ++j) {
+            const uint32_t xa = tt_ld32(pa);
+            const uint32_t xae = tt_sxtb16(xa), xao = tt_sxtb16_ror8(xa);
+            a00 = tt_smlad(xae, pw[0], a00);
+            a00 = tt_smlad(xao, pw[1], a00);
+            a01 = tt_smlad(xae, pw[2], a01);
+            a01 = tt_smlad(xao, pw[3], a01);
+            pa += 4;
+            pw += 4;
+        }
+        y[0] = tt_dsp_rq_s8(a00, &cp->rq[0], zp, lo_z, hi_z);
+        y[1] = tt_dsp_rq_s8(a01, &cp->rq[1], zp, lo_z, hi_z);
+    }
+}
+
+static TT_DSP_NOINLINE void tt_dsp_pair_rows_full(const int8_t *x, size_t x_stride, int32_t rows, int32_t k4,
+                                                  const uint32_t *wx, const tt_dsp_pair *cp, int8_t *y,
+                                                  size_t y_stride) {
+    tt_dsp_pair_rows(x, x_stride, rows, k4, wx, cp, y, y_stride, TT_DSP_RQ_FULL);
+}
+
+static TT_DSP_NOINLINE void tt_dsp_pair_rows_fast(const int8_t *x, size_t x_stride, int32_t rows, int32_t k4,
+                                                  const uint32_t *wx, const tt_dsp_pair *cp, int8_t *y,
+                                                  size_t y_stride) {
+    tt_dsp_pair_rows(x, x_stride, rows, k4, wx, cp, y, y_stride, TT_DSP_RQ_FAST);
+}
+
+static TT_DSP_NOINLINE void tt_dsp_pair_rows_any(const int8_t *x, size_t x_stride, int32_t rows, int32_t k4,
+                                                 const uint32_t *wx, const tt_dsp_pair *cp, int8_t *y,
+                                                 size_t y_stride) {
+    tt_dsp_pair_rows(x, x_stride, rows, k4, wx, cp, y, y_stride, TT_DSP_RQ_ANY);
+}
+
+/*
+ * tt_dsp_gemm_wx_s8's main path (k a multiple of 4, 4 <= k <= TT_DSP_WX_MAX_K, rows > 0):
+ * each channel pair's weights are sign-extended once into int16 pairs on the stack (their
+ * sums on the way), then all rows, two at a time, against them (two 4-byte x loads, four
+ * SXTB16, two LDRD-able weight pairs and eight SMLAD per 16 products); other k:
+ * tt_dsp_gemm_rq_s8.
+ */
+static TT_DSP_NOINLINE void tt_dsp_gemm_wx_body(const tt_dsp_gemm *g, const int8_t *x, size_t x_stride,
+                                                 const int8_t *w, const int32_t *bias, int8_t *y, size_t y_stride) {
+    const int32_t k = g->k;
+    const int32_t k4 = k >> 2;
+    const int full = g->lo_z + g->zp == -128 && g->hi_z + g->zp == 127;
+    uint32_t wx[TT_DSP_WX_MAX_K];
+    int32_t o = 0;
+    for (; o + 2 <= g->cols; o += 2) {
+        const int8_t *w0 = w + (size_t)o * (size_t)k;
+        uint32_t s[2];
+        tt_dsp_extend_pair(w0, w0 + k, k4, wx, s);
+        tt_dsp_pair cp;
+        cp.b0 = (bias != NULL ? (uint32_t)bias[o] : 0u) + (uint32_t)g->off * s[0];
+        cp.b1 = (bias != NULL ? (uint32_t)bias[o + 1] : 0u) + (uint32_t)g->off * s[1];
+        cp.rq[0] = tt_dsp_rq_make(g->mult[o], g->shift[o]);
+        cp.rq[1] = tt_dsp_rq_make(g->mult[o + 1], g->shift[o + 1]);
+        cp.zp = g->zp;
+        cp.lo_z = g->lo_z;
+        cp.hi_z = g->hi_z;
+        if (cp.rq[0].fast && cp.rq[1].fast && full) {
+            tt_dsp_pair_rows_full(x, x_stride, g->rows, k4, wx, &cp, y + o, y_stride);
+        } else if (cp.rq[0].fast && cp.rq[1].fast) {
+            tt_dsp_pair_rows_fast(x, x_stride, g->rows, k4, wx, &cp, y + o, y_stride);
+        } else {
+            tt_dsp_pair_rows_any(x, x_stride, g->rows, k4, wx, &cp, y + o, y_stride);
+        }
+    }
+    if (o < g->cols) {
+        const int8_t *w0 = w + (size_t)o * (size_t)k;
+        const uint32_t b0 = tt_dsp_channel_base(g, w0, bias, o);
+        const tt_dsp_rq rq = tt_dsp_rq_make(g->mult[o], g->shift[o]);
+        for (int32_t r = 0; r < g->rows; ++r) {
+            const uint32_t acc = b0 + tt_dsp_dot_1x1(x + (size_t)r * x_stride, w0, k);
+            y[(size_t)r * y_stride + (size_t)o] = tt_dsp_rq_s8(acc, &rq, g->zp, g->lo_z, g->hi_z);
+        }
+    }
+}
+
+/*
+ * tt_dsp_gemm_s8 (same arguments, same bytes): for k a multiple of 4 up to TT_DSP_WX_MAX_K
+ * tt_dsp_gemm_wx_body (its 4 k-byte weight buffer only on the stack while it runs), other k:
+ * tt_dsp_gemm_rq_s8.
+ */
+static inline void tt_dsp_gemm_wx_s8(const tt_dsp_gemm *g, const int8_t *x, size_t x_stride, const int8_t *w,
+                                     const int32_t *bias, int8_t *y, size_t y_stride) {
+    const int32_t k = g->k;
+    if ((k & 3) != 0 || k > TT_DSP_WX_MAX_K || k == 0 || g->rows <= 0) {
+        tt_dsp_gemm_rq_s8(g, x, x_stride, w, bias, y, y_stride);
+        return;
+    }
+    tt_dsp_gemm_wx_body(g, x, x_stride, w, bias, y, y_stride);
+}
+
 #endif /* TT_DSP_H */
