@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from codegen.emit import Generated, RunConfig, generate
-from codegen.runtime_sources import DSP_REPLACES, RUNTIME, Backend
+from codegen.runtime_sources import BACKENDS as KERNEL_BACKENDS
+from codegen.runtime_sources import Backend, swap_source
 from codegen.targets import ElfInfo, FirmwareTimeoutError, TargetKind, build_firmware, get_target, run_firmware
 from tinytrain.errors import UsageError
 from tinytrain.ir.ops import OpKind
@@ -170,21 +171,29 @@ def run_sim(compiled: Compiled, spec: RunSpec) -> RunResult:
     return RunResult(tuple(steps), tensors, logits)
 
 
+HOST_FAST_FLAGS: tuple[str, ...] = ("-O3", "-march=native")
+"""Host flags of the ``x86`` kernels: the build machine's own instruction set (AVX2 /
+AVX-512 VNNI where it has them; the x86 sources fall back to portable C otherwise)."""
+
+
 def build_host(
     compiled: Compiled,
     out_dir: Path,
     sample_shape: Sequence[int],
     sanitize: bool = False,
     extra_flags: Sequence[str] = (),
+    kernels: Backend = "ref",
 ) -> tuple[Generated, Path]:
-    """Generates the C project and builds its host executable (optionally with ASan + UBSan)."""
+    """Generates the C project and builds its host executable (optionally with ASan + UBSan)
+    with the runtime's ``kernels`` (``x86``: the host backend, built with
+    :data:`HOST_FAST_FLAGS` before ``extra_flags``)."""
     gen = generate(compiled, out_dir, sample_shape, RunConfig())
-    flags = [*extra_flags]
+    flags = [*(HOST_FAST_FLAGS if kernels == "x86" else ()), *extra_flags]
     if sanitize:
         flags += ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
     info = build_firmware(
         get_target("host"),
-        [*gen.sources, gen.driver],
+        [*device_sources(gen, kernels), gen.driver],
         gen.include_dirs,
         out_dir / "build",
         extra_flags=flags,
@@ -209,12 +218,10 @@ def run_generated(compiled: Compiled, gen: Generated, spec: RunSpec, transport: 
 
 def device_sources(gen: Generated, kernels: Backend = "ref") -> list[Path]:
     """The generated program's C files (model + runtime, no driver) with the runtime's
-    ``dsp`` replacements swapped in when ``kernels == "dsp"`` (codegen/runtime_sources.py)."""
-    if kernels not in ("ref", "dsp"):
-        raise UsageError(f"unknown kernels {kernels!r} (expected ref or dsp)")
-    if kernels == "ref":
-        return list(gen.sources)
-    return [RUNTIME / DSP_REPLACES[p.name] if p.name in DSP_REPLACES else p for p in gen.sources]
+    ``dsp`` / ``x86`` replacements swapped in for those kernels (codegen/runtime_sources.py)."""
+    if kernels not in KERNEL_BACKENDS:
+        raise UsageError(f"unknown kernels {kernels!r} (expected one of {', '.join(KERNEL_BACKENDS)})")
+    return [swap_source(p, kernels) for p in gen.sources]
 
 
 def build_device(
@@ -290,7 +297,7 @@ def run_backend(
         if name in QEMU_BACKENDS:
             gen, dev = build_device(compiled, name, out, spec.sample_shape, kernels)
             return run_generated(compiled, gen, spec, qemu_transport(dev, timeout))
-        gen, exe = build_host(compiled, out, spec.sample_shape, sanitize)
+        gen, exe = build_host(compiled, out, spec.sample_shape, sanitize, kernels=kernels)
         info = ElfInfo("host", exe, None, exe.with_suffix(".map"), None, 0, 0, 0, None, None)
 
         def transport(data: bytes) -> bytes:

@@ -24,8 +24,10 @@ RUNTIME_INCLUDE = RUNTIME / "include"
 RUNTIME_SRC = RUNTIME / "src"
 RUNTIME_DSP = RUNTIME / "dsp"
 
-Backend = Literal["ref", "dsp"]
-BACKENDS: tuple[Backend, ...] = ("ref", "dsp")
+RUNTIME_X86 = RUNTIME / "x86"
+
+Backend = Literal["ref", "dsp", "x86"]
+BACKENDS: tuple[Backend, ...] = ("ref", "dsp", "x86")
 
 DSP_REPLACES: MappingProxyType[str, str] = MappingProxyType(
     {
@@ -37,18 +39,41 @@ DSP_REPLACES: MappingProxyType[str, str] = MappingProxyType(
 )
 """Reference source (in ``src/``) -> its optimized replacement (relative to the runtime dir)."""
 
+X86_REPLACES: MappingProxyType[str, str] = MappingProxyType(
+    {
+        "tt_fc.c": "x86/tt_fc_x86.c",
+        "tt_fused_block_stages.c": "x86/tt_fused_block_stages_x86.c",
+        "tt_linear_bwd.c": "x86/tt_linear_bwd_x86.c",
+        "tt_mask.c": "x86/tt_mask_x86.c",
+        "tt_update.c": "dsp/tt_update_dsp.c",
+    }
+)
+"""The host backend (``x86/``, see its README): AVX2 stages where the compiler targets AVX2
+(``-march=native`` on the build machine), the dsp files' portable C elsewhere."""
+
+REPLACES: MappingProxyType[str, MappingProxyType[str, str]] = MappingProxyType(
+    {"ref": MappingProxyType({}), "dsp": DSP_REPLACES, "x86": X86_REPLACES}
+)
+
 
 def runtime_sources(backend: Backend = "ref") -> list[Path]:
     """The runtime's C sources for ``backend``: every ``src/tt_*.c`` ("ref"), or the same
-    with each file of :data:`DSP_REPLACES` swapped for its dsp replacement ("dsp")."""
+    with each file of :data:`DSP_REPLACES` ("dsp") / :data:`X86_REPLACES` ("x86") swapped
+    for its replacement."""
     if backend not in BACKENDS:
         raise UsageError(f"unknown runtime backend {backend!r} (expected one of {', '.join(BACKENDS)})")
     sources = sorted(RUNTIME_SRC.glob("tt_*.c"))
-    if backend == "ref":
-        return sources
-    return [RUNTIME / DSP_REPLACES[s.name] if s.name in DSP_REPLACES else s for s in sources]
+    return [swap_source(s, backend) for s in sources]
 
 
-def replaced_sources() -> list[tuple[Path, Path]]:
-    """(reference source, dsp replacement) pairs, in the order of :data:`DSP_REPLACES`."""
-    return [(RUNTIME_SRC / ref, RUNTIME / dsp) for ref, dsp in DSP_REPLACES.items()]
+def swap_source(source: Path, backend: Backend) -> Path:
+    """``source`` (a runtime ``src/`` file, by name) or its replacement in ``backend``."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown runtime backend {backend!r} (expected one of {', '.join(BACKENDS)})")
+    table = REPLACES[backend]
+    return RUNTIME / table[source.name] if source.name in table else source
+
+
+def replaced_sources(backend: Backend = "dsp") -> list[tuple[Path, Path]]:
+    """(reference source, replacement) pairs of ``backend``, in the order of its table."""
+    return [(RUNTIME_SRC / ref, RUNTIME / rep) for ref, rep in REPLACES[backend].items()]
