@@ -53,7 +53,10 @@ OWN = ("tt_linear_bwd.c", "tt_update.c")
 
 
 # what the UBSan build needs besides the replacements: the other kernels the checks call
-UBSAN_SRC = ("tt_grad.c", "tt_mask.c", "tt_loss.c", "tt_pool_bwd.c", "tt_shape_bwd.c", "tt_prng.c", "tt_schedule.c")
+UBSAN_SRC = (
+    "tt_grad.c", "tt_mask.c", "tt_loss.c", "tt_pool_bwd.c", "tt_shape_bwd.c", "tt_prng.c", "tt_schedule.c",
+    "tt_update_slice.c",
+)  # fmt: skip
 
 
 def _declare_present(lib: ctypes.CDLL) -> ctypes.CDLL:

@@ -62,7 +62,7 @@ from tinytrain.train.kernels.update import (
 )
 
 TT_OK, TT_ERR_ARG = 0, 1
-MY_SOURCES = ("tt_prng.c", "tt_schedule.c", "tt_update.c", "tt_accumulate.c")
+MY_SOURCES = ("tt_prng.c", "tt_schedule.c", "tt_update.c", "tt_update_slice.c", "tt_accumulate.c")
 I64_MIN, I64_MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 
 

@@ -14,25 +14,14 @@
  */
 #include "tt_update.h"
 
-/* The reference entry points replaced here become static functions (declared static
- * first, so that their definitions in the included file have internal linkage): the row
- * update as the fallback, the two wrappers (which call it) unused. */
+/* The reference row update replaced here becomes a static function (declared static first,
+ * so that its definition in the included file has internal linkage): the fallback. The row
+ * and slice wrappers (src/tt_update_slice.c) are shared by every backend. */
 static tt_status ref_weight_row_src_s8(const tt_update_params *p, const tt_sgd_step *step, int32_t row,
                                        const tt_grad_row *grad, int64_t e_y, int8_t *w_train, uint32_t *prng);
-static tt_status ref_weight_row_s8(const tt_update_params *p, const tt_sgd_step *step, int32_t row,
-                                   const int64_t *grad, int32_t e_y, int8_t *w_train, uint32_t *prng);
-static tt_status ref_weights_s8(const tt_update_params *p, const tt_sgd_step *step, const int64_t *grad,
-                                int32_t e_y, int8_t *w_train, uint32_t *prng);
 #define tt_update_weight_row_src_s8 ref_weight_row_src_s8
-#define tt_update_weight_row_s8 ref_weight_row_s8
-#define tt_update_weights_s8 ref_weights_s8
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wunused-function"
 #include "../src/tt_update.c"
-#pragma GCC diagnostic pop
 #undef tt_update_weight_row_src_s8
-#undef tt_update_weight_row_s8
-#undef tt_update_weights_s8
 
 /* w + d clamped to [-127, 127] (|d| <= 2^30). */
 static inline int8_t moved32(int8_t w, int32_t d) {
@@ -152,31 +141,5 @@ tt_status tt_update_weight_row_src_s8(const tt_update_params *p, const tt_sgd_st
     }
     int8_t *w = p->depthwise ? w_train + row : w_train + (int64_t)row * n;
     move_row(g, gs, n, (int32_t)(-m), 31 - s - e_y, w, p->depthwise ? p->rows : 1, prng);
-    return TT_OK;
-}
-
-tt_status tt_update_weight_row_s8(const tt_update_params *p, const tt_sgd_step *step, int32_t row,
-                                  const int64_t *grad, int32_t e_y, int8_t *w_train, uint32_t *prng) {
-    tt_grad_row g = {grad, 8, 1, 1};
-    return tt_update_weight_row_src_s8(p, step, row, &g, (int64_t)e_y, w_train, prng);
-}
-
-/* Twin of tinytrain/train/kernels/update.py:update_weights (a whole slice). */
-tt_status tt_update_weights_s8(const tt_update_params *p, const tt_sgd_step *step, const int64_t *grad,
-                               int32_t e_y, int8_t *w_train, uint32_t *prng) {
-    if (p == NULL || grad == NULL) {
-        return TT_ERR_ARG;
-    }
-    for (int32_t row = 0; row < p->rows; ++row) {
-        tt_grad_row g;
-        g.data = p->depthwise ? grad + row : grad + (int64_t)row * p->row_len;
-        g.elem_bytes = 8;
-        g.stride = p->depthwise ? p->rows : 1;
-        g.scale = 1;
-        tt_status st = tt_update_weight_row_src_s8(p, step, row, &g, (int64_t)e_y, w_train, prng);
-        if (st != TT_OK) {
-            return st;
-        }
-    }
     return TT_OK;
 }
