@@ -163,7 +163,7 @@ def run_model(key: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     for scheme in names:
         is_float = scheme.startswith("float@")
         lr = float(scheme.partition("@")[2]) if is_float else scheme_lr(args, scheme)
-        keep = args.partial / f"{key}-{scheme.replace(':', '_')}.json"
+        keep = args.partial / f"{key}-{row_name(scheme)}.json"
         if args.resume and keep.exists():
             row = json.loads(keep.read_text())
             same = row.get("lr") == lr and (is_float or row.get("schedule", "constant") == args.schedule)
@@ -178,6 +178,14 @@ def run_model(key: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return rows
+
+
+def row_name(scheme: str) -> str:
+    """A scheme's name in file names: a preset with ':' → '_', a scheme file path → its stem
+    (``--schemes tte,build/best_scheme.yaml`` trains a searched scheme too)."""
+    if Path(scheme).suffix in (".yaml", ".yml", ".json"):
+        return "file_" + Path(scheme).stem
+    return scheme.replace(":", "_")
 
 
 def scheme_lr(args: argparse.Namespace, scheme: str) -> float:
@@ -199,7 +207,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         for scheme in [s for s in args.schemes.split(",") if s] + [f"float@{lr:g}" for lr in float_lrs]:
             is_float = scheme.startswith("float@")
             lr = float(scheme.partition("@")[2]) if is_float else scheme_lr(args, scheme)
-            keep = args.partial / f"{key}-{scheme.replace(':', '_')}.json"
+            keep = args.partial / f"{key}-{row_name(scheme)}.json"
             row = json.loads(keep.read_text()) if keep.exists() else None
             ok = row is not None and row.get("protocol") == protocol(args) and row.get("lr") == lr
             if ok and row is not None and (is_float or row.get("schedule", "constant") == args.schedule):
@@ -246,7 +254,9 @@ def main() -> int:
     ap.add_argument("--train-samples", type=int, default=6000)
     ap.add_argument("--test-samples", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--schemes", default="last-layer,bias-only,tte")
+    ap.add_argument(
+        "--schemes", default="last-layer,bias-only,tte", help="presets and/or scheme files (e.g. from tinytrain search)"
+    )
     ap.add_argument("--lr", type=float, default=0.01, help="int8 learning rate")
     ap.add_argument(
         "--lr-for",

@@ -133,8 +133,8 @@ def full_tensors(compiled: Compiled, gen: Generated, raw: Sequence[bytes]) -> di
     g = compiled.program.graph
     out: dict[str, np.ndarray] = {}
     for t, data in zip(gen.lowered.trained, raw, strict=True):
-        if t.dtype == "int32":
-            out[t.name] = np.frombuffer(data, np.int32).reshape(t.shape).copy()
+        if t.dtype != "int8":  # a bias (int32) or training state (tinytrain/train/dgsu.py), held whole
+            out[t.name] = np.frombuffer(data, np.dtype(t.dtype)).reshape(t.shape).copy()
             continue
         base = g.tensor(t.name).data
         assert base is not None

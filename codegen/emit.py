@@ -170,6 +170,7 @@ def generate(
         "structs": low.structs,
         "state_offset": offsets["state"],
         "stream_row_source": low.stream_row_source,
+        "row_select": any(isinstance(it, Loop) and it.rows_from is not None for it in low.calls),  # DGSU
         "preprocess": low.preprocess,
         "forward": fwd,
         "loss": loss,

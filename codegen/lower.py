@@ -33,6 +33,8 @@ from tinytrain.ir.graph import Graph
 from tinytrain.ir.ops import OpKind
 from tinytrain.passes.fuse_blocks import FusedBlock
 from tinytrain.sim.kernels.fused_block import prepare_fused_block
+from tinytrain.testing.c_hard_swish import hard_swish_c_params
+from tinytrain.train import dgsu
 from tinytrain.train.build import BackwardStep
 from tinytrain.train.compile import Compiled
 from tinytrain.train.data import preprocess_for_graph
@@ -93,13 +95,25 @@ class Call:
 
 
 @dataclass(frozen=True)
+class RowSource:
+    """The rows of a run-time row loop: ``count`` (an int32 in the arena) entries of the
+    uint16 index array ``sel`` (a DGSU layer's chosen rows)."""
+
+    count: ArenaValue
+    sel: ArenaPtr
+
+
+@dataclass(frozen=True)
 class Loop:
-    """``for (row = 0; row < count; ++row) { calls }``."""
+    """``for (row = 0; row < count; ++row) { calls }``; with ``rows_from``, the loop runs
+    over ``sel[0 .. *count)`` instead (``for (j …) { row = sel[j]; calls }``; ``count`` is
+    then the most rows it can run)."""
 
     count: int
     comment: str
     calls: tuple[Call, ...]
     phase: str
+    rows_from: RowSource | None = None
 
 
 Item = Call | Loop
@@ -347,6 +361,10 @@ def _forward_op(b: _Builder, i: int) -> None:
         cp = cf.reshape_c_params(op, ins, outs)
         ps = b.struct(f"p_{i}", "tt_reshape_params", ctypes_init(cp.struct, {}), desc)
         b.call("tt_reshape_s8", desc, (ps, b.act(str(op.inputs[0])), out), "forward")
+    elif k is OpKind.HARD_SWISH:
+        hs = hard_swish_c_params(op, ins, outs)
+        ps = b.struct(f"p_{i}", "tt_hard_swish_params", ctypes_init(hs.struct, {}), desc)
+        b.call("tt_hard_swish_s8", desc, (ps, b.act(str(op.inputs[0])), Lit(outs[0].size), out), "forward")
     else:
         raise UsageError(f"{op.describe()}: the C code generator has no kernel for {k.value}")
     _after_forward(b, i, op.outputs[0])
@@ -377,12 +395,18 @@ def _after_forward(b: _Builder, i: int, out_name: str, block_input: str | None =
     if st.params.clamp is not None and block_input is None:
         lo, hi = st.params.clamp
         n = b.graph.tensor(out_name).size
-        b.call(
-            "tt_clamp_mask_s8",
-            f"clamp mask of op {i}",
-            (b.arena(f"act:{out_name}", "int8_t"), Lit(n), Lit(lo), Lit(hi), b.arena(f"mask:{out_name}", "uint8_t")),
-            "forward",
-        )
+        mask = b.arena(f"mask:{out_name}", "uint8_t")
+        if hi > 127:  # MobileTL's sign rule (upper test disabled), of the input for a HARD_SWISH
+            src = str(b.graph.ops[i].inputs[0]) if st.params.mask_input else out_name
+            b.call("tt_sign_mask_s8", f"sign mask of op {i}", (b.arena(f"act:{src}", "int8_t"), Lit(n), Lit(lo), mask),
+                   "forward")  # fmt: skip
+        else:
+            b.call(
+                "tt_clamp_mask_s8",
+                f"clamp mask of op {i}",
+                (b.arena(f"act:{out_name}", "int8_t"), Lit(n), Lit(lo), Lit(hi), mask),
+                "forward",
+            )
     if st.params.save_channels:
         src = str(st.target(0))
         b.call(
@@ -519,7 +543,8 @@ def _backward_step(b: _Builder, st: BackwardStep, have: set[str]) -> None:
         if 0 in req.input_grads:
             gx, ex = dest(0)
             b.call("tt_pad_bwd_s16", f"input gradient of {desc}", (ps, gy, ey, gx, ex), "backward")
-    elif k in (OpKind.RESHAPE, OpKind.SQUEEZE, OpKind.EXPAND_DIMS):
+    elif k in (OpKind.RESHAPE, OpKind.SQUEEZE, OpKind.EXPAND_DIMS, OpKind.HARD_SWISH):
+        # HARD_SWISH: MobileTL's sign rule, the masked output gradient passes unchanged (a copy)
         if 0 in req.input_grads:
             gx, ex = dest(0)
             b.call("tt_reshape_bwd_s16", f"input gradient of {desc}", (Lit(n_out), gy, ey, gx, ex), "backward")
@@ -553,6 +578,9 @@ def _linear_update(b: _Builder, st: BackwardStep, gy: ArenaPtr, ey: ArenaValue) 
     """The SGD step of a linear op from its (masked) output gradient: weight rows one at a
     time (gradient row, then its update), then the bias."""
     if st.params.update is None:
+        return
+    if st.layer is not None and st.layer.dynamic is not None:
+        _dgsu_update(b, st, gy, ey)
         return
     op = st.op
     i = st.op_index
@@ -589,6 +617,99 @@ def _linear_update(b: _Builder, st: BackwardStep, gy: ArenaPtr, ey: ArenaValue) 
             "backward",
         )
     _record_trained(b, st)
+
+
+def _dgsu_update(b: _Builder, st: BackwardStep, gy: ArenaPtr, ey: ArenaValue) -> None:
+    """The SGD step of a DGSU layer (the executor's ``_dgsu_update``): its int64 bias
+    gradient, the row selection (ages; the layer's flag of this step's layer selection),
+    the chosen rows one at a time in ascending order, the whole bias, the layer signal."""
+    op = st.op
+    i = st.op_index
+    plan = st.layer
+    assert plan is not None and plan.dynamic is not None
+    d = plan.dynamic
+    desc = op.describe()
+    lb = _linear_bwd(b, st)
+    up, _ = _update_struct(b, st)
+    w_name = str(op.inputs[1])
+    bgrad = b.arena(f"dgsu_bgrad:{w_name}", "int64_t")
+    b.call("tt_linear_bwd_bias_s16", f"bias gradient of {desc} (the row scores)", (lb, gy, bgrad), "backward")
+    sel_buf = f"dgsu_sel:{w_name}"
+    sel_at, chosen_at = dgsu.sel_layout(d.k)
+    age: Arg = b.arena(dgsu.age_name(plan), "uint16_t") if dgsu.needs_age(plan) else NULL
+    active: Arg = NULL if d.candidate < 0 else b.arena(dgsu.LAYERS_BUFFER, "uint8_t", d.candidate)
+    count = b.arena(sel_buf, "int32_t")
+    sel = b.arena(sel_buf, "uint16_t", sel_at)
+    chosen = b.arena(sel_buf, "uint8_t", chosen_at)
+    args = (bgrad, Lit(d.rows), age, Lit(d.k), Lit(d.explore), active, chosen, sel, count)
+    b.call("tt_select_dgsu_rows", f"the {d.k} of {d.rows} rows of {desc} to update", args, "backward")
+    src = str(st.target(0))
+    row = b.arena(f"wgrad-row:{w_name}", "int64_t")
+    body = (
+        Call(
+            "tt_linear_bwd_weight_row_s16",
+            "weight-gradient row",
+            (lb, gy, b.arena(f"saved:{src}@{i}", "int8_t"), Local("row"), row),
+            "backward",
+        ),
+        Call(
+            "tt_update_weight_row_s8",
+            "SGD step of the row",
+            (up, Local("&step"), Local("row"), row, ey, b.arena(f"train:{w_name}", "int8_t"), Local("prng")),
+            "backward",
+        ),
+    )
+    source = RowSource(ArenaValue(count.buffer, count.offset, "int32_t"), sel)
+    b.items.append(Loop(d.k, f"weights of {desc}: the chosen rows, ascending", body, "backward", source))
+    if st.params.request.bias:
+        b.call(
+            "tt_update_bias_s32",
+            f"SGD step of the bias of {desc}",
+            (up, Local("&step"), bgrad, ey, b.arena(f"train:{op.inputs[2]}", "int32_t")),
+            "backward",
+        )
+    if d.candidate >= 0:
+        b.call(
+            "tt_select_layer_signal",
+            f"layer-selection signal of {desc}",
+            (
+                bgrad,
+                Lit(d.rows),
+                ey,
+                b.arena(dgsu.LAYER_EMA, "int32_t", 4 * d.candidate),
+                b.arena(dgsu.LAYER_SCORE, "int64_t", 8 * d.candidate),
+            ),
+            "backward",
+        )
+    _record_trained(b, st)
+
+
+def _select_layers(b: _Builder) -> None:
+    """DGSU layer selection at the start of the backward pass (the executor's ``_select_layers``)."""
+    ls = b.c.program.scheme.layer_select
+    if ls is None:
+        return
+    n = len(ls.candidates)
+    args = (
+        b.arena(dgsu.LAYER_SCORE, "int64_t"),
+        Lit(n),
+        Lit(0),
+        b.arena(dgsu.LAYER_AGE, "uint16_t"),
+        Lit(ls.budget),
+        Lit(ls.explore),
+        b.arena(dgsu.LAYERS_BUFFER, "uint8_t"),
+        b.arena(dgsu.LAYERS_BUFFER, "uint16_t", dgsu.layers_layout(n)),
+    )
+    b.call("tt_select_rows", f"the {ls.budget} of {n} DGSU layers that update their weights", args, "backward")
+
+
+def _record_state(b: _Builder) -> None:
+    """The DGSU state tensors (ages, layer signal) in the tensor table after the trained ones."""
+    prog = b.c.program
+    kind = prog.scheme.dynamic[0].layer.kind if prog.scheme.dynamic else OpKind.FULLY_CONNECTED
+    for t in dgsu.state_tensors(prog.scheme):
+        flash = b.array(f"init_{t.name}", t.initial, f"initial {t.name}")
+        b.trained.append(TrainedTensor(t.name, t.name, str(t.initial.dtype), t.initial.shape, (), kind, flash.text))
 
 
 def _scratch_update(b: _Builder, st: BackwardStep, bias_grad: Arg | None, weight_grad: Arg | None, e: Arg) -> None:
@@ -879,6 +1000,7 @@ def lower(compiled: Compiled, sample_shape: Sequence[int]) -> Lowered:
         "loss",
     )
     have: set[str] = set()
+    _select_layers(b)
     for st in prog.backward:
         if st.fused_project is not None:
             _fused_pde_step(b, st, have)
@@ -886,6 +1008,7 @@ def lower(compiled: Compiled, sample_shape: Sequence[int]) -> Lowered:
             _fused_ed_step(b, st, have)
         else:
             _backward_step(b, st, have)
+    _record_state(b)
     kernels = sorted(
         {it.kernel for it in b.items if isinstance(it, Call)}
         | {c.kernel for it in b.items if isinstance(it, Loop) for c in it.calls}

@@ -32,6 +32,7 @@ from host_tools.bootloader import BOOTLOADER_DIR, NOINIT_BYTES, boot_layout
 from tinytrain.errors import UsageError
 from tinytrain.ir.ops import OpKind
 from tinytrain.train.compile import Compiled
+from tinytrain.train.dgsu import state_tensors
 
 APP_DIR = Path(__file__).resolve().parents[1] / "firmware_templates" / "app"
 APP_SOURCE = APP_DIR / "tt_app.c"
@@ -48,7 +49,7 @@ class TensorSpec:
     before training (the untrained channels of a pulled weight come from it)."""
 
     name: str
-    dtype: str  # "int8" or "int32"
+    dtype: str  # "int8" (a weight slice), or a whole tensor: "int32" (a bias), "uint16" / "int64" (DGSU state)
     shape: tuple[int, ...]
     channels: tuple[int, ...]
     fully_connected: bool
@@ -56,12 +57,12 @@ class TensorSpec:
 
     @property
     def np_dtype(self) -> np.dtype[np.generic]:
-        return np.dtype(np.int32) if self.dtype == "int32" else np.dtype(np.int8)
+        return np.dtype(self.dtype)
 
     @property
     def device_shape(self) -> tuple[int, ...]:
         """The shape of the slice the device holds."""
-        if self.dtype == "int32":
+        if self.dtype != "int8":
             return self.shape
         if self.fully_connected:
             return (self.shape[0], len(self.channels))
@@ -77,7 +78,7 @@ class TensorSpec:
         if len(raw) != self.nbytes:
             raise UsageError(f"tensor {self.name}: {len(raw)} bytes from the device, expected {self.nbytes}")
         part = np.frombuffer(raw, self.np_dtype).reshape(self.device_shape)
-        if self.dtype == "int32":
+        if self.dtype != "int8":
             return part.copy()
         full = np.array(self.initial, dtype=np.int8, copy=True)
         ch = list(self.channels)
@@ -95,7 +96,7 @@ class TensorSpec:
             raise UsageError(
                 f"tensor {self.name}: got {a.dtype} {list(a.shape)}, the program holds {self.dtype} {list(self.shape)}"
             )
-        if self.dtype == "int32":
+        if self.dtype != "int8":
             return np.ascontiguousarray(a).tobytes()
         ch = list(self.channels)
         rest = np.ones(self.shape[1 if self.fully_connected else -1], dtype=bool)
@@ -155,15 +156,16 @@ def model_id(compiled: Compiled, low: Lowered) -> int:
 
 def program_from_lowered(compiled: Compiled, low: Lowered) -> AppProgram:
     g = compiled.program.graph
+    state = {s.name: s.initial for s in state_tensors(compiled.program.scheme)}  # DGSU ages, layer signal
     tensors = []
     for t in low.trained:
-        base = g.tensor(t.name).data
+        base = state[t.name] if t.name in state else g.tensor(t.name).data
         if base is None:
             raise UsageError(f"trained tensor {t.name} has no initial data")
         tensors.append(
             TensorSpec(
                 name=t.name,
-                dtype="int32" if t.dtype == "int32" else "int8",
+                dtype=t.dtype,
                 shape=tuple(int(d) for d in t.shape),
                 channels=tuple(int(c) for c in t.channels),
                 fully_connected=t.kind is OpKind.FULLY_CONNECTED,

@@ -42,6 +42,7 @@ from tinytrain.testing import c_update as cu
 from tinytrain.testing.cbuild import C_FLAGS, build_shared
 from tinytrain.train.compile import CompileOptions, compile_model
 from tinytrain.train.kernels import linear_bwd, prng
+from tinytrain.train.kernels import mask as mask_mod
 from tinytrain.train.kernels.gradient import Grad
 from tinytrain.train.kernels.schedule import lr_multiplier
 from tinytrain.train.kernels.update import make_update, update_weights
@@ -49,12 +50,12 @@ from tinytrain.train.kernels.update import make_update, update_weights
 __all__ = ["fmnist_images", "shipped_graphs"]  # module fixtures reused from test_c_backward
 
 UBSAN = ("-fsanitize=undefined", "-fno-sanitize-recover=all")
-OWN = ("tt_linear_bwd.c", "tt_update.c")
+OWN = ("tt_linear_bwd.c", "tt_mask.c", "tt_update.c")
 
 
 # what the UBSan build needs besides the replacements: the other kernels the checks call
 UBSAN_SRC = (
-    "tt_grad.c", "tt_mask.c", "tt_loss.c", "tt_pool_bwd.c", "tt_shape_bwd.c", "tt_prng.c", "tt_schedule.c",
+    "tt_grad.c", "tt_loss.c", "tt_pool_bwd.c", "tt_shape_bwd.c", "tt_prng.c", "tt_schedule.c",
     "tt_update_slice.c",
 )  # fmt: skip
 
@@ -345,3 +346,50 @@ def test_qemu_m7_dsp_training_matches_simulator(tmp_path: Path) -> None:
         assert t.dtype == dev.tensors[name].dtype and np.array_equal(t, dev.tensors[name]), name
     g = c.program.graph
     assert any(not np.array_equal(t, np.asarray(g.tensor(n).data)) for n, t in dev.tensors.items())
+
+
+# ------------------------------------------------------------------------------ clamp masks
+
+
+def _masks(lib: ctypes.CDLL, y: np.ndarray, lo: int, hi: int, first_bit: int, pre: np.ndarray) -> tuple[int, bytes]:
+    mask = pre.copy()
+    st = lib.tt_clamp_mask_s8_at(y.ctypes.data, y.size, lo, hi, mask.ctypes.data, first_bit)
+    return int(st), mask.tobytes()
+
+
+def test_masks_match_reference_and_numpy(libs: tuple[ctypes.CDLL, ...], ref_lib: ctypes.CDLL) -> None:
+    """tt_clamp_mask_s8(_at) / tt_apply_mask_s16 of dsp/tt_mask_dsp.c (plain and UBSan builds)
+    against the numpy twins and the reference build: sizes around the 8-value steps, chunks at
+    and inside byte boundaries (the bits below the chunk kept), every kind of range (empty,
+    act_min = 127, act_max = -128, ReLU6-like, full), masks with 0x00 / 0xFF bytes, in place."""
+    rng = np.random.default_rng(77)
+    ranges = [(-128, 127), (-128, -128), (127, 127), (-128, 0), (0, 127), (-5, -4), (-20, 90), (126, 127), (3, 3)]
+    for n in (0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 100, 1031):
+        y = rng.integers(-128, 128, n).astype(np.int8)
+        edge = rng.random(n) < 0.2
+        y[edge] = rng.choice(np.array([-128, 127, -127, 126, 0, -5, -4, 3], np.int8), int(edge.sum()))
+        for lo, hi in ranges:
+            yy = np.clip(y, lo, hi).astype(np.int8)
+            want = mask_mod.clamp_mask(yy, lo, hi)
+            for lib in libs:
+                got = np.zeros(mask_mod.mask_nbytes(n), np.uint8)
+                assert lib.tt_clamp_mask_s8(yy.ctypes.data, n, lo, hi, got.ctypes.data) == 0
+                assert np.array_equal(got, want), (n, lo, hi)
+            for first_bit in (0, 3, 8, 13, 16):
+                pre = rng.integers(0, 256, mask_mod.mask_nbytes(n + first_bit) + 2).astype(np.uint8)
+                ref = _masks(ref_lib, yy, lo, hi, first_bit, pre)
+                for lib in libs:
+                    assert _masks(lib, yy, lo, hi, first_bit, pre) == ref, (n, lo, hi, first_bit)
+        assert all(_masks(lib, y, 5, 4, 0, np.zeros(200, np.uint8))[0] != 0 for lib in libs)  # refused
+        g = rng.integers(-(1 << 15), 1 << 15, n).astype(np.int16)
+        packed = rng.integers(0, 256, mask_mod.mask_nbytes(n)).astype(np.uint8)
+        packed[rng.random(packed.size) < 0.3] = 0
+        packed[rng.random(packed.size) < 0.2] = 255
+        want_g = mask_mod.apply_mask(Grad(g, 0), packed).g
+        for lib in (*libs, ref_lib):
+            out = np.full(n, 0x5555, np.int16)
+            assert lib.tt_apply_mask_s16(g.ctypes.data, packed.ctypes.data, n, out.ctypes.data) == 0
+            assert np.array_equal(out, want_g), n
+            inplace = g.copy()
+            assert lib.tt_apply_mask_s16(inplace.ctypes.data, packed.ctypes.data, n, inplace.ctypes.data) == 0
+            assert np.array_equal(inplace, want_g), n

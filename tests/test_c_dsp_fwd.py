@@ -209,3 +209,46 @@ def test_shipped_mbv2_fused_blocks_dsp_equals_reference(libs: tuple[ctypes.CDLL,
 
 def test_shim_is_not_part_of_the_runtime() -> None:
     assert all(Path(p).name != "tt_test_dsp_rq.c" for p in runtime_sources("dsp"))
+
+
+# ------------------------------------------------ SMMLAR requantization (k = 8 channel records)
+
+
+@pytest.mark.parametrize(("seed", "k"), [(0, 8), (1, 8), (2, 8), (3, 8), (4, 12), (5, 16), (6, 192)])
+def test_fc_smmlar_requant_matches_reference(libs: tuple[ctypes.CDLL, ctypes.CDLL], seed: int, k: int) -> None:
+    """The SMMLAR requantization of tt_dsp_gemm_k8 (k = 8) with every channel eligible
+    (q > 2^30, 1 <= r <= 23, |bias| <= 2^29) and one channel just outside (r = 24,
+    |bias| = 2^29 + 1, q = 2^30): chunk edges, ReLU-like / full / narrow output ranges, zero
+    points at the extremes; other k: the same channels through the pair GEMM."""
+    ref, dsp = libs
+    rng = np.random.default_rng(100 + seed)
+    i32p = ctypes.POINTER(ctypes.c_int32)
+    for rows, out_c in ((1, 1), (3, 15), (64, 16), (5, 17), (9, 33), (2, 48)):
+        x = rng.integers(-128, 128, (rows, k), dtype=np.int8)
+        x[0] = rng.choice([-128, 127], k)
+        w = rng.integers(-128, 128, (out_c, k), dtype=np.int8)
+        w[0] = rng.choice([-128, 127], k)
+        q = rng.integers((1 << 30) + 1, 1 << 31, out_c).astype(np.int32)
+        shift = rng.integers(-12 - k // 32, 0, out_c).astype(np.int32)  # mostly unsaturated outputs
+        shift[rng.random(out_c) < 0.2] = rng.choice([-23, -1], 1)[0]
+        bias = rng.integers(-(1 << 15), 1 << 15, out_c).astype(np.int32)
+        bias[rng.random(out_c) < 0.2] = rng.choice([-(1 << 29), 1 << 29, 0], 1)[0]
+        variants = [(q, shift, bias)]
+        if out_c > 1:  # one channel makes the call ineligible: the older path
+            for bad in ("r", "bias", "q"):
+                q2, s2, b2 = q.copy(), shift.copy(), bias.copy()
+                j = int(rng.integers(out_c))
+                if bad == "r":
+                    s2[j] = -24
+                elif bad == "bias":
+                    b2[j] = (1 << 29) + 1
+                else:
+                    q2[j] = 1 << 30
+                variants.append((q2, s2, b2))
+        for qv, sv, bv in variants:
+            for in_zp, out_zp, lo, hi in ((-128, -128, -128, 127), (127, 5, -128, 127), (-3, 127, -128, 127),
+                                          (0, -128, -128, 127), (12, -20, -20, 100), (-128, 30, -128, 0)):
+                s = TtFcParams(rows=rows, in_c=k, out_c=out_c, in_zp=in_zp, w_zp=0, out_zp=out_zp, act_min=lo,
+                               act_max=hi, mult=qv.ctypes.data_as(i32p), shift=sv.ctypes.data_as(i32p))
+                want = _fc(ref, s, x, w, bv, out_c)
+                assert np.array_equal(_fc(dsp, s, x, w, bv, out_c), want), (rows, out_c, in_zp, out_zp, lo, hi)

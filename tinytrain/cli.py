@@ -20,6 +20,7 @@ import numpy as np
 from tinytrain import __version__
 from tinytrain.cli_device import add_parsers as add_device_parsers
 from tinytrain.cli_device import save_weights
+from tinytrain.cli_search import add_parser as add_search_parser
 from tinytrain.errors import TinytrainError, UsageError
 
 if TYPE_CHECKING:
@@ -596,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_profile)
 
     add_device_parsers(sub)
+    add_search_parser(sub)
     return p
 
 

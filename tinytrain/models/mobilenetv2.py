@@ -55,17 +55,26 @@ def keras_mobilenetv2_variant(
     *,
     width: float = 0.35,
     data: np.ndarray | None = None,
+    activation: str = "relu6",
 ) -> tuple[Any, np.ndarray]:
     """A MobileNetV2-class Keras model outside the reference architecture: channels of
     MobileNetV2 at ``width`` (multiples of 8), inverted-residual expansion ``expansion``,
     depthwise kernels cycling over ``kernels``, PAD + VALID stride-2 depthwise as Keras'
     MobileNetV2, fewer repeats, a 10-class head; seeded weights and BatchNorm statistics
-    estimated on ``data`` (default: seeded images). Returns ``(model, calibration images)``."""
+    estimated on ``data`` (default: seeded images). ``activation``: ``"relu6"`` (folded into
+    the convs' requantization by the converter) or ``"hard_swish"`` (MobileNetV3's; the
+    converter emits a HARD_SWISH op after each conv, which then has no fused activation).
+    Returns ``(model, calibration images)``."""
     import keras
+
+    if activation not in ("relu6", "hard_swish"):
+        raise ValueError(f"activation must be 'relu6' or 'hard_swish', got {activation!r}")
 
     def bn(x: Any, relu: bool = True) -> Any:
         x = keras.layers.BatchNormalization()(x)
-        return keras.layers.ReLU(6.0)(x) if relu else x
+        if not relu:
+            return x
+        return keras.layers.ReLU(6.0)(x) if activation == "relu6" else keras.layers.Activation("hard_swish")(x)
 
     def ch(c: int) -> int:
         return max(8, int(c * width / 0.35 + 4) // 8 * 8)

@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 from tinytrain.errors import UsageError
 from tinytrain.ir.graph import Graph
-from tinytrain.ir.ops import Op, OpKind
+from tinytrain.ir.ops import Activation, Op, OpKind
 from tinytrain.passes.fuse_blocks import FusedGraph, fuse_frozen_blocks
 from tinytrain.train.grad_rules import GRAD_RULES, BackwardParams, BackwardRequest, prepare_backward
 from tinytrain.train.kernels.fused_bwd import FusedExpandDwParams, prepare_fused_expand_dw_backward
@@ -134,6 +134,7 @@ def build_training_program(graph: Graph, scheme: ResolvedScheme) -> TrainingProg
         raise UsageError(f"scheme {scheme.name!r} trains nothing")
     needs_grad = _descendants_of_trained(graph, trained)
     on_path = _reaching_loss(graph, logits)
+    sign_ops = _sign_activation_ops(graph, plans)
     steps: list[BackwardStep] = []
     for i in range(len(graph.ops) - 1, -1, -1):
         op = graph.ops[i]
@@ -150,6 +151,7 @@ def build_training_program(graph: Graph, scheme: ResolvedScheme) -> TrainingProg
             input_grads=grads,
             weight_channels=plan.channels if plan is not None else (),
             bias=bool(plan is not None and plan.trains_bias and _has_bias(plan.layer)),
+            sign_act=i in sign_ops,
         )
         if not request.input_grads and not request.weight_channels and not request.bias:
             continue
@@ -157,6 +159,10 @@ def build_training_program(graph: Graph, scheme: ResolvedScheme) -> TrainingProg
         if logits in op.outputs:
             # The logits' clamp is int8 saturation, not an activation: the gradient passes
             # straight through, or a saturated wrong logit could never be pushed down.
+            params = replace(params, clamp=None)
+        elif request.sign_act and _feeds_sign_activation(graph, op):
+            # The activation is the HARD_SWISH after this op, and its sign mask (of this op's
+            # output) is the only mask the gradient crosses: no saturation mask here.
             params = replace(params, clamp=None)
         steps.append(BackwardStep(i, params, plan))
     steps = _fold_pads(graph, steps)
@@ -253,6 +259,8 @@ def _fuse_expand_dw(graph: Graph, steps: list[BackwardStep]) -> list[BackwardSte
             and x == e.op.outputs[0]
             and len(consumers.get(x, ())) == 1
             and x not in graph.outputs
+            and not _dynamic(d)
+            and not _dynamic(e)  # a DGSU layer's row loop runs on its unfused output gradient
             and (
                 0 not in e.params.request.input_grads
                 or (eg.kh, eg.kw, eg.sh, eg.sw, eg.pad_top, eg.pad_left, eg.pad_bottom, eg.pad_right)
@@ -307,6 +315,35 @@ def _fuse_project(graph: Graph, steps: list[BackwardStep]) -> list[BackwardStep]
         out.append(p)
         k += 1
     return out
+
+
+def _sign_activation_ops(graph: Graph, plans: Mapping[int, LayerPlan]) -> frozenset[int]:
+    """Ops whose activation backward uses MobileTL's sign rule: the linear layers planned so,
+    and the HARD_SWISH right after such a layer."""
+    out = {i for i, p in plans.items() if p.sign_act}
+    producer = graph.producer()
+    for i, op in enumerate(graph.ops):
+        if op.kind is OpKind.HARD_SWISH and op.inputs[0] is not None:
+            j = producer.get(op.inputs[0])
+            if j is not None and j in out:
+                out.add(i)
+    return frozenset(out)
+
+
+def _feeds_sign_activation(graph: Graph, op: Op) -> bool:
+    """``op`` has no fused activation and its output is read by one HARD_SWISH alone."""
+    readers = graph.consumers().get(op.outputs[0], ())
+    return (
+        getattr(op.attrs, "activation", None) is Activation.NONE
+        and len(readers) == 1
+        and graph.ops[readers[0]].kind is OpKind.HARD_SWISH
+        and op.outputs[0] not in graph.outputs
+    )
+
+
+def _dynamic(step: BackwardStep) -> bool:
+    """A DGSU layer (update 'dynamic'): its weights update in a run-time row loop."""
+    return step.layer is not None and step.layer.dynamic is not None
 
 
 def _has_bias(layer: Layer) -> bool:

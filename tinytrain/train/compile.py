@@ -27,7 +27,8 @@ from tinytrain.ir.graph import Graph
 from tinytrain.passes.replace_head import HeadInit, replace_head
 from tinytrain.passes.strip_softmax import strip_softmax
 from tinytrain.train.build import TrainingProgram, build_training_program
-from tinytrain.train.memory import ProgramMemory, plan_program, program_memory
+from tinytrain.train.dgsu import dgsu_plan_summary
+from tinytrain.train.memory import ProgramMemory, plan_program, program_memory, saved_activations
 from tinytrain.train.planner import Plan
 from tinytrain.train.scheme import ResolvedScheme, Scheme, Update, get_scheme, load_scheme_file, resolve
 
@@ -111,6 +112,11 @@ def compile_scheme(graph: Graph, scheme: Scheme, options: CompileOptions) -> Com
     """Resolves the scheme, builds the program and plans its memory within the budgets."""
     t0 = time.perf_counter()
     resolved = resolve(scheme, graph)
+    if resolved.dynamic and (options.batch > 1 or options.momentum > 0):
+        raise UsageError(
+            f"scheme {resolved.name!r} has dynamic (DGSU) layers, whose rows change every step: "
+            "--batch (gradient accumulation) and --momentum are not supported with them"
+        )
     program = build_training_program(graph, resolved)
     memory = program_memory(program, options.sample_bytes, options.batch, momentum=options.momentum > 0)
     plan = plan_program(memory, options.sram_bytes)
@@ -136,15 +142,25 @@ def scheme_file_data(scheme: ResolvedScheme) -> dict[str, Any]:
         entry: dict[str, Any] = {"layer": p.layer.index, "update": p.update.value}
         if p.update is Update.CHANNELS:
             entry["count"] = len(p.channels)
+        if p.dynamic is not None:
+            entry["count"] = p.dynamic.k
+            entry["explore"] = p.dynamic.explore
         layers.append(entry)
-    return {"name": scheme.name, "default": "frozen", "layers": layers}
+    out: dict[str, Any] = {"name": scheme.name, "default": "frozen", "layers": layers}
+    if scheme.layer_select is not None:  # DGSU layer selection (scheme.py, LayerSelect)
+        out["layer_budget"] = scheme.layer_select.budget
+        out["layer_explore"] = scheme.layer_select.explore
+    sign = [p.layer.index for p in scheme.layers if p.sign_act]
+    if sign:  # MobileTL's sign rule from this layer on (scheme.py, LayerPlan.sign_act)
+        out["sign_from"] = min(sign)
+    return out
 
 
 def plan_json(c: Compiled) -> dict[str, Any]:
     m, plan = c.memory, c.plan
     return {
         "tinytrain_plan": 1,
-        "scheme": {"name": c.scheme.name, "layers": c.scheme.summary()},
+        "scheme": {"name": c.scheme.name, "layers": c.scheme.summary(), **dgsu_plan_summary(c.scheme)},
         "sram": {
             "peak_bytes": plan.peak_live,
             "arena_bytes": plan.arena_size,
@@ -157,6 +173,7 @@ def plan_json(c: Compiled) -> dict[str, Any]:
         "training": {"batch": c.options.batch, "momentum": c.options.momentum,
                      "momentum_q15": c.options.momentum_q15},
         "macs": {"forward": m.macs_forward, "backward": m.macs_backward},
+        "saved_activations": saved_activations(c.graph, plan).to_json(),
         "steps": [{"index": s.index, "phase": s.phase, "text": s.text} for s in m.steps],
         "plan": plan.to_json(),
     }

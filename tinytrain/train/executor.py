@@ -24,6 +24,7 @@ from tinytrain.sim.fixedpoint import rounding_divide_by_pot
 from tinytrain.sim.kernels import KERNELS
 from tinytrain.train.build import BackwardStep, TrainingProgram
 from tinytrain.train.data import fmix32
+from tinytrain.train.dgsu import LAYER_AGE, LAYER_EMA, LAYER_SCORE, age_name, state_tensors
 from tinytrain.train.grad_rules import BackwardResult, Saved, apply_update, run_backward, save_forward
 from tinytrain.train.kernels.accumulate import (
     MAX_BATCH,
@@ -45,6 +46,8 @@ from tinytrain.train.kernels.gradient import Grad, normalize
 from tinytrain.train.kernels.loss import softmax_ce_grad
 from tinytrain.train.kernels.mask import apply_mask
 from tinytrain.train.kernels.prng import seed_state
+from tinytrain.train.kernels.select import layer_signal, select_rows, update_selected_rows
+from tinytrain.train.kernels.update import update_bias
 
 # Alignment of two gradients before they are summed (docs/numerics.md, "Gradient sum").
 SUM_GUARD_BITS = 16
@@ -138,6 +141,16 @@ class Executor:
                 assert b is not None
                 self.biases[lay.op_index] = np.array(b, copy=True)
         self.prng = seed_state(update_prng_seed(seed))
+        # DGSU state (tinytrain/train/dgsu.py): row ages, layer-selection signal and ages.
+        self.dgsu_state: dict[str, np.ndarray] = {
+            t.name: np.array(t.initial, copy=True) for t in state_tensors(program.scheme)
+        }
+        self._layer_chosen: np.ndarray | None = None
+        if program.scheme.dynamic and (batch > 1 or momentum_q15):
+            raise UsageError(
+                "dynamic (DGSU) layers update a different set of rows every step: "
+                "gradient accumulation (--batch) and momentum are not supported with them"
+            )
         self._prepared: dict[int, Any] = {}
         for i in range(program.first_live_op, len(graph.ops)):
             self._prepare(i)
@@ -185,6 +198,7 @@ class Executor:
             out[str(graph.ops[i].inputs[1])] = w
         for i, b in self.biases.items():
             out[str(graph.ops[i].inputs[2])] = b
+        out.update(self.dgsu_state)
         return out
 
     def load_tensors(self, tensors: Mapping[str, np.ndarray]) -> None:
@@ -197,6 +211,9 @@ class Executor:
             name = str(graph.ops[i].inputs[2])
             if name in tensors:
                 self.biases[i] = np.asarray(tensors[name], dtype=np.int32).reshape(self.biases[i].shape)
+        for name, cur in self.dgsu_state.items():
+            if name in tensors:
+                self.dgsu_state[name] = np.asarray(tensors[name], dtype=cur.dtype).reshape(cur.shape).copy()
         for i in set(self.weights) | set(self.biases):
             self._prepare(i)
 
@@ -240,6 +257,7 @@ class Executor:
         if self.observer is not None:
             self.observer("grad", -1, program.logits, g_logits)
         c = np.int64(c_t)
+        self._select_layers()
         for bstep in program.backward:
             op = bstep.head.op
             g_out = grads.pop(op.outputs[0], None)
@@ -271,6 +289,9 @@ class Executor:
                     self._accumulate(st, res)
                     continue
                 j = st.op_index
+                if st.layer is not None and st.layer.dynamic is not None:
+                    self._dgsu_update(st, res, lr, int(c))
+                    continue
                 if self.momentum_q15:
                     e_one = np.full(1, res.param_exponent, dtype=np.int64)
                     self._apply_rows(st, res.weight_grad, e_one, res.bias_grad, e_one, lr, int(c))
@@ -327,6 +348,51 @@ class Executor:
         if b_grad is not None and b_e is not None:
             e_rows = np.broadcast_to(b_e, (b_grad.size,))
             self.biases[j] = update_bias_rows(update, self.biases[j], b_grad, e_rows, lr, c_t)
+        self._prepare(j)
+        self._observe_update(j)
+
+    def _select_layers(self) -> None:
+        """DGSU layer selection at the start of the backward pass, from the previous steps'
+        signals (tinytrain/train/kernels/select.py)."""
+        ls = self.program.scheme.layer_select
+        if ls is None:
+            return
+        score, age = self.dgsu_state[LAYER_SCORE], self.dgsu_state[LAYER_AGE]
+        sel, chosen, new_age = select_rows(score, age, ls.budget, ls.explore, magnitude=False)
+        assert new_age is not None
+        self.dgsu_state[LAYER_AGE] = new_age
+        self._layer_chosen = chosen
+        if self.observer is not None:
+            self.observer("select-layers", -1, LAYER_AGE, sel)
+
+    def _dgsu_update(self, st: BackwardStep, res: BackwardResult, lr: tuple[int, int], c_t: int) -> None:
+        """The SGD step of a dynamic (DGSU) layer: the chosen weight rows (by |bias gradient|
+        and age; none when the layer selection left the layer out this step), then the whole
+        bias, then the layer's selection signal."""
+        plan = st.layer
+        update = st.params.update
+        assert plan is not None and plan.dynamic is not None and update is not None
+        d = plan.dynamic
+        j = st.op_index
+        bg = res.bias_grad
+        if bg is None or res.weight_grad is None:
+            raise UsageError(f"{st.op.describe()}: a dynamic layer needs its bias and weight gradients")
+        active = d.candidate < 0 or (self._layer_chosen is not None and bool(self._layer_chosen[d.candidate]))
+        if active:
+            key = age_name(plan)
+            sel, _, new_age = select_rows(bg, self.dgsu_state.get(key), d.k, d.explore)
+            if new_age is not None:
+                self.dgsu_state[key] = new_age
+            if self.observer is not None:
+                self.observer("select", j, str(st.op.inputs[1]), sel)
+            self.weights[j] = update_selected_rows(
+                update, self.weights[j], res.weight_grad, res.param_exponent, sel, lr, c_t, self.prng
+            )
+        self.biases[j] = update_bias(update, self.biases[j], bg, res.param_exponent, lr, c_t)
+        if d.candidate >= 0:
+            score, ema = layer_signal(bg, res.param_exponent, int(self.dgsu_state[LAYER_EMA][d.candidate]))
+            self.dgsu_state[LAYER_SCORE][d.candidate] = score
+            self.dgsu_state[LAYER_EMA][d.candidate] = ema
         self._prepare(j)
         self._observe_update(j)
 

@@ -41,7 +41,7 @@ from tinytrain.ir.ops import Op, OpKind
 from tinytrain.sim.kernel_spec import Inputs, Outputs
 from tinytrain.train.kernels import linear_bwd, pool_bwd, shape_bwd
 from tinytrain.train.kernels.gradient import Grad
-from tinytrain.train.kernels.mask import apply_mask, clamp_mask
+from tinytrain.train.kernels.mask import SIGN_MASK_HI, apply_mask, clamp_mask
 from tinytrain.train.kernels.update import UpdateParams, prepare_update, update_bias, update_weights
 
 
@@ -52,6 +52,9 @@ class BackwardRequest:
     input_grads: frozenset[int] = frozenset({0})  # op inputs whose gradient is needed
     weight_channels: tuple[int, ...] = ()  # input channels (depthwise: channels) whose weights train
     bias: bool = False  # the bias trains
+    # MobileTL's sign rule for the op's activation backward (a fused ReLU/ReLU6: the mask
+    # keeps y > act_min, the upper test disabled; HARD_SWISH: its input > its zero point).
+    sign_act: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class GradRule:
     run: RunFn
     clamp_mask: bool = False
     trainable: bool = False
+    sign_only: bool = False  # an activation whose backward is MobileTL's sign rule on its input
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +97,9 @@ class BackwardParams:
     kernel: Any
     clamp: tuple[int, int] | None  # (act_min, act_max): the forward saves the clamp mask of output 0
     update: UpdateParams | None  # set when a weight or the bias trains
+    # The mask (lo < v < hi with clamp = (lo, hi)) is of input 0 instead of output 0
+    # (HARD_SWISH's sign rule: clamp = (input zero point, SIGN_MASK_HI)).
+    mask_input: bool = False
 
     @property
     def save_channels(self) -> tuple[int, ...]:
@@ -134,6 +141,20 @@ def _unary(fn: Callable[[Any, Grad], Grad]) -> RunFn:
     return run
 
 
+def _prepare_sign_act(op: Op, inputs: Inputs, outputs: Outputs) -> int:
+    """The input zero point of an int8 activation op whose backward is the sign rule."""
+    x = inputs[0]
+    if x is None or x.quant is None or x.dtype.is_float or len(outputs) != 1 or outputs[0].shape != x.shape:
+        raise UsageError(f"{op.describe()}: the sign-rule backward needs an int8 input of the output's shape")
+    return int(x.quant.zero_point[0])
+
+
+def _pass_through(kp: int, g: Grad, saved: Saved, w: np.ndarray | None, req: BackwardRequest) -> BackwardResult:
+    """The (already masked) output gradient is the input gradient: the sign rule's
+    derivative is 1 where the mask is set (and the input and output are both real values)."""
+    return BackwardResult({0: g} if 0 in req.input_grads else {}, param_exponent=g.e)
+
+
 _LINEAR = GradRule((0,), linear_bwd.prepare_linear_backward, _linear, clamp_mask=True, trainable=True)
 _POOL = _unary(pool_bwd.pool_input_grad)
 _PAD = GradRule((0,), shape_bwd.prepare_pad_backward, _unary(shape_bwd.pad_input_grad))
@@ -152,8 +173,10 @@ GRAD_RULES: MappingProxyType[OpKind, GradRule] = MappingProxyType(
         OpKind.RESHAPE: _RESHAPE,
         OpKind.SQUEEZE: _RESHAPE,
         OpKind.EXPAND_DIMS: _RESHAPE,
+        OpKind.HARD_SWISH: GradRule((0,), _prepare_sign_act, _pass_through, sign_only=True),
     }
 )
+
 
 
 # ------------------------------------------------------------------------ drivers
@@ -179,13 +202,36 @@ def prepare_backward(op: Op, inputs: Inputs, outputs: Outputs, request: Backward
         if len(set(ch)) != len(ch) or min(ch) < 0 or max(ch) >= n:
             raise UsageError(f"{op.describe()}: weight channels must be distinct indices in [0, {n}), got {list(ch)}")
     clamp = kernel.clamp if rule.clamp_mask else None
+    mask_input = False
+    if rule.sign_only:
+        if not request.sign_act:
+            raise UsageError(
+                f"{op.describe()}: {op.kind.value} has only MobileTL's sign-rule gradient "
+                "(scheme mobiletl with act=sign); its exact derivative is not implemented"
+            )
+        clamp, mask_input = (int(kernel), SIGN_MASK_HI), True
+    elif clamp is not None and request.sign_act and _relu_floor(outputs, clamp):
+        clamp = (clamp[0], SIGN_MASK_HI)  # y > act_min: the pre-activation was > 0
     update = prepare_update(op, inputs, outputs) if trains else None
-    return BackwardParams(op, rule, request, kernel, clamp, update)
+    return BackwardParams(op, rule, request, kernel, clamp, update, mask_input)
+
+
+def _relu_floor(outputs: Outputs, clamp: tuple[int, int]) -> bool:
+    """The clamp's lower bound is real 0 (act_min is the output zero point): a ReLU / ReLU6,
+    fused (TFLite) or implicit in the output range (tiny-training checkpoints: NONE with the
+    zero point at -128). The sign rule applies to it; a plain int8 saturation keeps its mask."""
+    y = outputs[0]
+    return y.quant is not None and len(y.quant.zero_point) == 1 and clamp[0] == int(y.quant.zero_point[0])
 
 
 def save_forward(bp: BackwardParams, args: Sequence[np.ndarray | None], outs: Sequence[np.ndarray]) -> Saved:
     """What the forward pass keeps for ``bp`` from the op's input and output arrays."""
-    mask = clamp_mask(outs[0], *bp.clamp) if bp.clamp is not None else None
+    mask = None
+    if bp.clamp is not None:
+        src = args[0] if bp.mask_input else outs[0]
+        if src is None:
+            raise UsageError(f"{bp.op.describe()}: the forward input is needed for its mask")
+        mask = clamp_mask(src, *bp.clamp)
     x_sub = None
     if bp.save_channels:
         x = args[0]

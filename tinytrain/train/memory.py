@@ -30,6 +30,7 @@ from tinytrain.ir.ops import Op, OpKind
 from tinytrain.passes.fuse_blocks import FusedBlock
 from tinytrain.stats import op_macs
 from tinytrain.train.build import TrainingProgram
+from tinytrain.train.dgsu import dgsu_state_requests, dgsu_step_requests
 from tinytrain.train.kernels.accumulate import bias_accumulator, weight_accumulator
 from tinytrain.train.kernels.mask import mask_nbytes
 from tinytrain.train.planner import BufferKind, BufferRequest, Plan, plan_buffers, plan_or_raise
@@ -135,6 +136,7 @@ def program_memory(
     g_last: dict[str, int] = {}
     trainable = 0
     macs_bwd = 0
+    dgsu_last = loss_step
     for j, b in enumerate(program.backward):
         s = loss_step + 1 + j
         parts = b.parts
@@ -226,7 +228,8 @@ def program_memory(
                     row = (kh * kw if dw else w_bytes // lay.out_channels) * 8
                     requests.append(BufferRequest(f"wgrad-row:{op.inputs[1]}", row, s, s, BufferKind.SCRATCH))
                 positions = graph.tensor(out).size // lay.out_channels
-                macs_bwd += positions * w_bytes
+                dyn = part.layer.dynamic  # DGSU: only the k chosen rows' weight gradients
+                macs_bwd += positions * w_bytes if dyn is None else positions * w_bytes // dyn.rows * dyn.k
             if part.params.request.bias:
                 lay_b = op.inputs[2]
                 assert lay_b is not None
@@ -242,6 +245,9 @@ def program_memory(
                 if momentum:
                     acc = bias_accumulator(graph.tensor(lay_b).size).state_bytes
                     requests.append(BufferRequest(f"mom:{lay_b}", acc, 0, 0, BufferKind.STATE))
+            if part.layer is not None and part.layer.dynamic is not None:
+                requests.extend(dgsu_step_requests(part.layer, str(op.inputs[1]), s))
+                dgsu_last = s
     for name, f in g_first.items():
         requests.append(
             BufferRequest(
@@ -249,9 +255,51 @@ def program_memory(
             )
         )
     requests.append(BufferRequest("state", STATE_BYTES, 0, 0, BufferKind.STATE))
+    requests.extend(dgsu_state_requests(program.scheme, loss_step, dgsu_last))
     flash = sum(t.nbytes for t in graph.tensors if t.data is not None)
     macs_fwd = sum(op_macs(graph, op) for op in graph.ops)
     return ProgramMemory(tuple(requests), tuple(steps), trainable, flash, macs_fwd, macs_bwd)
+
+
+@dataclass(frozen=True)
+class SavedActivations:
+    """What the forward pass keeps for the backward (docs/schemes.md, "MobileTL"): the
+    masks as bits plus the saved int8 input channels of the weight updates, against the
+    same program keeping each masked activation as int8 instead of a mask (the saved input
+    channels are the same in both)."""
+
+    bytes: int
+    int8_equivalent_bytes: int
+    mask_elements: int  # activations saved as 1-bit masks
+    input_bytes: int  # saved int8 input channels (the weight gradients' inputs)
+
+    @property
+    def reduction(self) -> float:
+        """1 − bytes / int8_equivalent_bytes (0 when nothing is saved)."""
+        return 1.0 - self.bytes / self.int8_equivalent_bytes if self.int8_equivalent_bytes else 0.0
+
+    def to_json(self) -> dict[str, int | float]:
+        return {
+            "bytes": self.bytes,
+            "int8_equivalent_bytes": self.int8_equivalent_bytes,
+            "mask_elements": self.mask_elements,
+            "input_bytes": self.input_bytes,
+            "reduction": round(self.reduction, 4),
+        }
+
+
+def saved_activations(graph: Graph, plan: Plan) -> SavedActivations:
+    """The saved-activation figure of a planned program, from its mask and saved buffers
+    (``mask:<tensor>``: ⌈n/8⌉ bytes for the n elements of the tensor; ``saved:…``: int8)."""
+    mask_bytes = mask_elems = inputs = 0
+    for b in plan.buffers:
+        r = b.request
+        if r.kind is BufferKind.MASK:
+            mask_bytes += r.size
+            mask_elems += graph.tensor(r.name.removeprefix("mask:")).size
+        elif r.kind is BufferKind.SAVED:
+            inputs += r.size
+    return SavedActivations(mask_bytes + inputs, mask_elems + inputs, mask_elems, inputs)
 
 
 def plan_program(memory: ProgramMemory, budget: int | None = None) -> Plan:

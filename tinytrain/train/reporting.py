@@ -8,7 +8,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tinytrain.train.compile import KB, Compiled
+from tinytrain.train.dgsu import dgsu_plan_summary
 from tinytrain.train.loop import TrainReport
+from tinytrain.train.memory import saved_activations
 
 
 def print_compiled(c: Compiled, console: Console) -> None:
@@ -17,7 +19,13 @@ def print_compiled(c: Compiled, console: Console) -> None:
     t.add_column("update")
     t.add_column("weight channels", justify="right")
     for row in c.scheme.summary():
-        t.add_row(row["layer"], row["update"], f"{row['weight_channels']}/{row['in_channels']}")
+        text = f"{row['weight_channels']}/{row['in_channels']}"
+        if "dgsu" in row:  # DGSU: every input channel; k of the rows (output channels) per step
+            d = row["dgsu"]
+            text += f", rows {d['k']}/{d['rows']} per step ({d['explore']} by age)"
+            if d["candidate"] >= 0:
+                text += f", layer candidate {d['candidate']}"
+        t.add_row(row["layer"], row["update"], text)
     console.print(t)
     m, plan, o = c.memory, c.plan, c.options
     s = Table(title="summary", show_header=False)
@@ -30,6 +38,15 @@ def print_compiled(c: Compiled, console: Console) -> None:
     s.add_row("peak at", c.memory.steps[plan.peak_step].text)
     s.add_row("flash (model constants)", f"{m.flash_bytes / KB:.1f} KB of {o.flash_bytes / KB:.0f} KB")
     s.add_row("MACs forward / backward", f"{m.macs_forward:,} / {m.macs_backward:,}")
+    dgsu = dgsu_plan_summary(c.scheme).get("dgsu")
+    if dgsu is not None:
+        frac = f"{dgsu['fraction_per_step']:.2%}"
+        s.add_row("DGSU weights updated per step", f"{dgsu['weights_per_step']:,} ({frac} of the conv weights)")
+    sa = saved_activations(c.graph, plan)
+    s.add_row(
+        "saved for backward (masks as bits + inputs)",
+        f"{sa.bytes / KB:.1f} KB ({sa.int8_equivalent_bytes / KB:.1f} KB as int8: -{100 * sa.reduction:.0f} %)",
+    )
     s.add_row("compile time", f"{c.seconds:.2f} s")
     console.print(s)
 

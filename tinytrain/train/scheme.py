@@ -15,7 +15,8 @@ Schemes come from a YAML/JSON file::
       - {layer: 30, update: bias}
 
 or from a preset name with optional parameters: ``last-layer``, ``bias-only``,
-``last-k:K``, ``tte[:bias=N,weights=I+J+K,ratios=R+S+T]``, ``full``.
+``last-k:K``, ``tte[:bias=N,weights=I+J+K,ratios=R+S+T]``, ``full``,
+``mobiletl:blocks=K[,act=sign|exact]``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import enum
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ class Update(enum.Enum):
     BIAS = "bias"
     FULL = "full"
     CHANNELS = "channels"
+    DYNAMIC = "dynamic"  # DGSU: bias plus k weight rows (output channels) chosen anew at every step
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class LayerRule:
     update: Update
     ratio: float | None = None
     count: int | None = None
+    explore: int | None = None  # dynamic: rows chosen by age (default ⌈k/4⌉)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,38 @@ class Scheme:
     name: str
     rules: tuple[LayerRule, ...]
     default: Update = Update.FROZEN
+    layer_budget: int | None = None  # DGSU layer selection: M of the dynamic layers update weights per step
+    layer_explore: int | None = None  # of which chosen by age (default ⌈M/4⌉)
+    # MobileTL: the activations of the layers from this one on (a layer reference, as in a
+    # rule) back-propagate with the sign rule (LayerPlan.sign_act); None: exact clamp masks.
+    # File form: a top-level ``sign_from: <layer>``.
+    sign_from: str | int | None = None
+
+
+MAX_DYNAMIC_ROWS = 65535  # row indices are uint16 on the device
+
+
+@dataclass(frozen=True)
+class DynamicRows:
+    """A DGSU layer (docs/schemes.md, "DGSU"): every step, ``k`` of its ``rows`` weight rows
+    (output channels) update, ``k − explore`` by the largest |bias gradient|, ``explore``
+    by the largest age. ``candidate``: the layer's position among the layer-selection
+    candidates (−1 without layer selection: it updates k rows every step)."""
+
+    rows: int
+    k: int
+    explore: int
+    candidate: int = -1
+
+
+@dataclass(frozen=True)
+class LayerSelect:
+    """DGSU layer selection: ``budget`` of the ``candidates`` (linear layer indices, in
+    order) update their weights per step, ``explore`` of them by age."""
+
+    budget: int
+    explore: int
+    candidates: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -65,6 +100,11 @@ class LayerPlan:
     layer: Layer
     update: Update
     channels: tuple[int, ...] = ()  # trained input channels of the weights (empty: none)
+    dynamic: DynamicRows | None = None  # set for update 'dynamic' (then channels: every input channel)
+    # MobileTL's sign rule for this layer's activation backward (its fused ReLU/ReLU6, or a
+    # HARD_SWISH right after it): the gradient passes where the pre-activation is > 0, with
+    # a 1-bit mask saved in the forward; False: the exact clamp mask (act_min < y < act_max).
+    sign_act: bool = False
 
     @property
     def trains_bias(self) -> bool:
@@ -79,6 +119,12 @@ class LayerPlan:
 class ResolvedScheme:
     name: str
     layers: tuple[LayerPlan, ...]  # one per linear layer of the model, in order
+    layer_select: LayerSelect | None = None
+
+    @property
+    def dynamic(self) -> tuple[LayerPlan, ...]:
+        """The DGSU layers (update 'dynamic'), in order."""
+        return tuple(p for p in self.layers if p.dynamic is not None)
 
     @property
     def trained(self) -> tuple[LayerPlan, ...]:
@@ -100,9 +146,15 @@ class ResolvedScheme:
                 "update": p.update.value,
                 "weight_channels": len(p.channels),
                 "in_channels": p.layer.in_channels,
+                **({"act_grad": "sign"} if p.sign_act else {}),
+                **({"dgsu": _dgsu_summary(p.dynamic)} if p.dynamic is not None else {}),
             }
             for p in self.trained
         ]
+
+
+def _dgsu_summary(d: DynamicRows) -> dict[str, int]:
+    return {"rows": d.rows, "k": d.k, "explore": d.explore, "candidate": d.candidate}
 
 
 # ---------------------------------------------------------------- parsing
@@ -120,7 +172,7 @@ def _rule(entry: object, i: int) -> LayerRule:
     where = f"scheme entry {i}"
     if not isinstance(entry, Mapping):
         raise UsageError(f"{where}: expected a mapping with 'layer' and 'update', got {entry!r}")
-    unknown = set(entry) - {"layer", "update", "ratio", "count"}
+    unknown = set(entry) - {"layer", "update", "ratio", "count", "explore"}
     if unknown:
         raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     if "layer" not in entry or "update" not in entry:
@@ -129,9 +181,16 @@ def _rule(entry: object, i: int) -> LayerRule:
     if not isinstance(layer, (str, int)) or isinstance(layer, bool):
         raise UsageError(f"{where}: 'layer' must be a name or an index, got {layer!r}")
     update = _update(entry["update"], where)
-    ratio, count = entry.get("ratio"), entry.get("count")
-    if update is Update.CHANNELS:
-        if (ratio is None) == (count is None):
+    ratio, count, explore = entry.get("ratio"), entry.get("count"), entry.get("explore")
+    if explore is not None:
+        if update is not Update.DYNAMIC:
+            raise UsageError(f"{where}: 'explore' only applies to update 'dynamic'")
+        if isinstance(explore, bool) or not isinstance(explore, int) or explore < 0:
+            raise UsageError(f"{where}: explore must be a non-negative integer (rows per step), got {explore!r}")
+    if update in (Update.CHANNELS, Update.DYNAMIC):
+        if ratio is not None and count is not None:
+            raise UsageError(f"{where}: give at most one of 'ratio' or 'count'")
+        if update is Update.CHANNELS and ratio is None and count is None:
             raise UsageError(f"{where}: update 'channels' needs exactly one of 'ratio' or 'count'")
         if ratio is not None:
             if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) <= 1.0:
@@ -140,23 +199,41 @@ def _rule(entry: object, i: int) -> LayerRule:
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
             raise UsageError(f"{where}: count must be a positive integer, got {count!r}")
     elif ratio is not None or count is not None:
-        raise UsageError(f"{where}: 'ratio'/'count' only apply to update 'channels'")
-    return LayerRule(layer=layer, update=update, ratio=ratio, count=count)
+        raise UsageError(f"{where}: 'ratio'/'count' only apply to update 'channels' (or 'dynamic')")
+    return LayerRule(layer=layer, update=update, ratio=ratio, count=count, explore=explore)
+
+
+def _opt_int(data: Mapping[Any, Any], key: str, low: int) -> int | None:
+    v = data.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise UsageError(f"scheme: '{key}' must be an integer ≥ {low}, got {v!r}")
+    return int(v)
 
 
 def scheme_from_mapping(data: object, name: str = "scheme") -> Scheme:
     if not isinstance(data, Mapping):
         raise UsageError("a scheme file must hold a mapping with a 'layers' list")
-    unknown = set(data) - {"name", "default", "layers"}
+    unknown = set(data) - {"name", "default", "layers", "sign_from", "layer_budget", "layer_explore"}
     if unknown:
         raise UsageError(f"scheme: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     entries = data.get("layers", [])
     if not isinstance(entries, list):
         raise UsageError("scheme: 'layers' must be a list")
     default = _update(data.get("default", "frozen"), "scheme default")
-    if default is Update.CHANNELS:
-        raise UsageError("scheme default cannot be 'channels'")
-    return Scheme(str(data.get("name", name)), tuple(_rule(e, i) for i, e in enumerate(entries)), default)
+    if default in (Update.CHANNELS, Update.DYNAMIC):
+        raise UsageError(f"scheme default cannot be {default.value!r}")
+    budget, l_explore = _opt_int(data, "layer_budget", 1), _opt_int(data, "layer_explore", 0)
+    if l_explore is not None and budget is None:
+        raise UsageError("scheme: 'layer_explore' needs 'layer_budget'")
+    sign_from = data.get("sign_from")
+    if sign_from is not None and (not isinstance(sign_from, (str, int)) or isinstance(sign_from, bool)):
+        raise UsageError(f"scheme: 'sign_from' must be a layer name or index, got {sign_from!r}")
+    rules = tuple(_rule(e, i) for i, e in enumerate(entries))
+    return Scheme(
+        str(data.get("name", name)), rules, default, layer_budget=budget, layer_explore=l_explore, sign_from=sign_from
+    )
 
 
 def load_scheme_file(path: str | Path) -> Scheme:
@@ -242,7 +319,47 @@ def preset(spec: str, graph: Graph) -> Scheme:
         return Scheme(spec, tuple(LayerRule(-i, Update.FULL) for i in range(1, k + 1)))
     if name == "tte":
         return _tte(spec, arg, layers)
-    raise UsageError(f"unknown scheme {spec!r} (presets: last-layer, bias-only, last-k:K, tte, full; or a file)")
+    if name == "mobiletl":
+        return _mobiletl(spec, arg, layers)
+    if name in ("dgsu", "dgsu-layers"):
+        from tinytrain.train.scheme_dgsu import dgsu_preset
+
+        return dgsu_preset(spec, name, arg, layers)
+    raise UsageError(
+        f"unknown scheme {spec!r} (presets: last-layer, bias-only, last-k:K, tte, full, mobiletl:blocks=K, "
+        "dgsu:ratio=R, dgsu-layers; or a file)"
+    )
+
+
+def _mobiletl(spec: str, arg: str, layers: tuple[Layer, ...]) -> Scheme:
+    """MobileTL (Chiang et al., "On-device Transfer Learning with Inverted Residual Blocks"):
+    in the top K inverted-residual blocks the biases (the folded normalization shifts) of the
+    expansion and depthwise convs, the projection in full, and the classifier; every layer
+    before the first of those blocks frozen. ``act=sign`` (default): the activations from that
+    block on back-propagate with the sign rule (a 1-bit "pre-activation > 0" mask);
+    ``act=exact``: the exact clamp masks."""
+    p = _params(arg, "mobiletl", {"blocks", "act"})
+    blocks = _blocks(layers)
+    if not blocks:
+        raise UsageError("mobiletl: the model has no inverted-residual block (no depthwise conv)")
+    if "blocks" not in p:
+        raise UsageError(f"mobiletl needs blocks=K (K in 1..{len(blocks)} for this model), e.g. mobiletl:blocks=2")
+    k = _int(p["blocks"], "mobiletl blocks")
+    if not 1 <= k <= len(blocks):
+        raise UsageError(f"mobiletl: blocks={k} must be in 1..{len(blocks)} (the model's inverted-residual blocks)")
+    act = p.get("act", "sign")
+    if act not in ("sign", "exact"):
+        raise UsageError(f"mobiletl: act must be 'sign' or 'exact', got {act!r}")
+    rules: dict[int, LayerRule] = {}
+    for block in blocks[-k:]:
+        for role in ("expand", "depthwise"):
+            if role in block:
+                rules[block[role]] = LayerRule(block[role], Update.BIAS)
+        if "project" in block:
+            rules[block["project"]] = LayerRule(block["project"], Update.FULL)
+    rules[len(layers) - 1] = LayerRule(len(layers) - 1, Update.FULL)
+    first = min(blocks[-k].values())
+    return Scheme(spec, tuple(rules.values()), sign_from=first if act == "sign" else None)
 
 
 def _tte(spec: str, arg: str, layers: tuple[Layer, ...]) -> Scheme:
@@ -340,6 +457,7 @@ def resolve(scheme: Scheme, graph: Graph) -> ResolvedScheme:
         if layer.index in chosen:
             raise UsageError(f"scheme {scheme.name!r}: layer {layer.name} is listed twice")
         chosen[layer.index] = entry
+    sign_from = None if scheme.sign_from is None else resolve_layer(layers, scheme.sign_from).index
     plans = []
     for layer in layers:
         rule = chosen.get(layer.index)
@@ -356,10 +474,69 @@ def resolve(scheme: Scheme, graph: Graph) -> ResolvedScheme:
                     f"count {n} asks for more"
                 )
             channels = tuple(range(n))
+        dynamic = None
+        if update is Update.DYNAMIC:
+            assert rule is not None
+            channels = tuple(range(layer.in_channels))
+            dynamic = _dynamic_rows(rule, layer, scheme, graph)
         if channels:
             _check_weight_input(graph, layer, scheme.name)
-        plans.append(LayerPlan(layer, update, channels))
-    return ResolvedScheme(scheme.name, tuple(plans))
+        sign = sign_from is not None and layer.index >= sign_from
+        plans.append(LayerPlan(layer, update, channels, dynamic=dynamic, sign_act=sign))
+    return _with_layer_select(scheme, ResolvedScheme(scheme.name, tuple(plans)))
+
+
+def _dynamic_rows(rule: LayerRule, layer: Layer, scheme: Scheme, graph: Graph) -> DynamicRows:
+    """k (rows per step) and explore of a DGSU layer; every row when neither ratio nor count
+    is given under layer selection (``layer_budget``)."""
+    where = f"scheme {scheme.name!r}: layer {layer.name}"
+    rows = layer.out_channels
+    if layer.bias is None:
+        raise UsageError(f"{where} has no bias: dynamic rows are chosen by the bias gradient")
+    if rule.count is not None:
+        k = rule.count
+    elif rule.ratio is not None:
+        k = max(1, math.floor(rule.ratio * rows))
+    elif scheme.layer_budget is not None:
+        k = rows
+    else:
+        raise UsageError(f"{where}: update 'dynamic' needs 'ratio' or 'count' (rows per step) without 'layer_budget'")
+    if k > rows:
+        raise UsageError(f"{where} has {rows} weight rows (output channels), count {k} asks for more")
+    explore = rule.explore if rule.explore is not None else default_explore(k, rows)
+    if explore > k:
+        raise UsageError(f"{where}: explore {explore} is more than the {k} rows per step")
+    if rows > MAX_DYNAMIC_ROWS:
+        raise UsageError(f"{where}: {rows} rows, dynamic selection handles at most {MAX_DYNAMIC_ROWS}")
+    del graph
+    return DynamicRows(rows, k, explore)
+
+
+def default_explore(k: int, n: int) -> int:
+    """⌈k/4⌉ of k picks per step go by age (0 when all n are picked anyway)."""
+    return 0 if k >= n else -(-k // 4)
+
+
+def _with_layer_select(scheme: Scheme, rs: ResolvedScheme) -> ResolvedScheme:
+    if scheme.layer_budget is None:
+        return rs
+    cands = [p for p in rs.layers if p.dynamic is not None]
+    n = len(cands)
+    m = scheme.layer_budget
+    if n == 0:
+        raise UsageError(f"scheme {scheme.name!r}: 'layer_budget' needs layers with update 'dynamic' (the candidates)")
+    if m > n:
+        raise UsageError(f"scheme {scheme.name!r}: layer_budget {m} is more than the {n} dynamic layers")
+    explore = scheme.layer_explore if scheme.layer_explore is not None else default_explore(m, n)
+    if explore > m:
+        raise UsageError(f"scheme {scheme.name!r}: layer_explore {explore} is more than layer_budget {m}")
+    pos = {p.layer.index: c for c, p in enumerate(cands)}
+    layers = tuple(
+        replace(p, dynamic=replace(p.dynamic, candidate=pos[p.layer.index])) if p.dynamic is not None else p
+        for p in rs.layers
+    )
+    select = LayerSelect(m, explore, tuple(p.layer.index for p in cands))
+    return replace(rs, layers=layers, layer_select=select)
 
 
 def _check_weight_input(graph: Graph, layer: Layer, scheme_name: str) -> None:

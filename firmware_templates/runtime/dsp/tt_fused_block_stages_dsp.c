@@ -327,6 +327,12 @@ static TT_DSP_NOINLINE void dw_pixels_3x3_full(const int8_t *r0, const int8_t *r
     dw_pixels_3x3(r0, r1, r2, x_step, ts, out_w, wx, gp, y, nc, TT_DSP_RQ_FULL);
 }
 
+static TT_DSP_NOINLINE void dw_pixels_3x3_relu(const int8_t *r0, const int8_t *r1, const int8_t *r2, size_t x_step,
+                                               size_t ts, int32_t out_w, const uint32_t *wx, const dw_group *gp,
+                                               int8_t *y, size_t nc) {
+    dw_pixels_3x3(r0, r1, r2, x_step, ts, out_w, wx, gp, y, nc, TT_DSP_RQ_RELU);
+}
+
 static TT_DSP_NOINLINE void dw_pixels_3x3_fast(const int8_t *r0, const int8_t *r1, const int8_t *r2, size_t x_step,
                                                size_t ts, int32_t out_w, const uint32_t *wx, const dw_group *gp,
                                                int8_t *y, size_t nc) {
@@ -424,7 +430,10 @@ void tt_fb_depthwise_row(const tt_fb_ctx *c, const int8_t *ring, int32_t oy, int
             gp.lo_z = lo_z;
             gp.hi_z = hi_z;
             int8_t *y = dst + (size_t)ch0;
-            if (fast && full) {
+            if (fast && full && zp == -128) {
+                dw_pixels_3x3_relu(rowp[0] + ch0, rowp[1] + ch0, rowp[2] + ch0, x_step, tap_step, p->out_w, wx, &gp, y,
+                                   (size_t)nc);
+            } else if (fast && full) {
                 dw_pixels_3x3_full(rowp[0] + ch0, rowp[1] + ch0, rowp[2] + ch0, x_step, tap_step, p->out_w, wx, &gp, y,
                                    (size_t)nc);
             } else if (fast) {

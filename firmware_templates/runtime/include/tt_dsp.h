@@ -375,6 +375,27 @@ static inline int32_t tt_dsp_rq_fast(uint32_t acc, const tt_dsp_rq *r) {
 #endif
 }
 
+/* tt_dsp_rq_fast without the sign term: floor((acc q + 2^30 + 2^(30 + r)) / 2^(31 + r)) (one
+ * SMLAL and one ASR). It equals tt_dsp_rq_fast for acc >= 0 and is <= 0 for acc < 0 (acc q +
+ * 2^30 < 0 since q > 2^30), as is tt_dsp_rq_fast (the term only lowers it): where every value
+ * <= 0 clamps to the same output (act_min >= zp, e.g. ReLU with zp = -128), the two give the
+ * same bytes (TT_DSP_RQ_RELU). */
+static inline int32_t tt_dsp_rq_fast_ns(uint32_t acc, const tt_dsp_rq *r) {
+#if TT_DSP_NATIVE
+    uint32_t lo = r->lo, hi = r->hi;
+    int32_t m;
+    __asm__("smlal %0, %1, %3, %4\n\t"
+            "asr %2, %1, %5"
+            : "+&r"(lo), "+&r"(hi), "=&r"(m)
+            : "r"(acc), "r"(r->q), "r"(r->rs));
+    return m;
+#else
+    const int64_t x = (int64_t)tt_wrap32((int64_t)acc);
+    const int64_t c = (int64_t)(((uint64_t)r->hi << 32) | (uint64_t)r->lo);
+    return (int32_t)tt_asr64(c + x * (int64_t)r->q, 32 + (int)r->rs);
+#endif
+}
+
 /* tt_requant_s8(acc, q, shift, zp, lo_z, hi_z) for any channel. */
 static inline int8_t tt_dsp_rq_s8(uint32_t acc, const tt_dsp_rq *r, int32_t zp, int32_t lo_z, int32_t hi_z) {
     if (r->fast) {
@@ -622,10 +643,14 @@ static inline int32_t tt_ssat8(int32_t v) { return tt_clamp32(v, -128, 127); }
  * clamp(v, lo_z, hi_z) + zp = ssat8(v + zp), v + zp cannot overflow since |v| <= 2^31 / 2^r'
  * with r' = r - 1 >= 0 ... (v = the high word of an int64 below 2^62 in magnitude shifted right
  * by 32 + r - 1 >= 32, so |v| <= 2^30). */
-enum { TT_DSP_RQ_ANY = 0, TT_DSP_RQ_FAST = 1, TT_DSP_RQ_FULL = 2 };
+enum { TT_DSP_RQ_ANY = 0, TT_DSP_RQ_FAST = 1, TT_DSP_RQ_FULL = 2, TT_DSP_RQ_RELU = 3 };
+
+/* TT_DSP_RQ_RELU: fast channels of a full-range output with zp = -128 (act_min = zp): no sign
+ * term (tt_dsp_rq_fast_ns: for acc < 0 both values are <= 0, both outputs -128). */
 
 #define TT_DSP_PAIR_OUT(acc, rqp, mode)                                                                                \
-    ((mode) == TT_DSP_RQ_FULL   ? (int8_t)tt_ssat8(tt_dsp_rq_fast((acc), (rqp)) + zp)                                 \
+    ((mode) == TT_DSP_RQ_RELU   ? (int8_t)tt_ssat8(tt_dsp_rq_fast_ns((acc), (rqp)) + zp)                              \
+     : (mode) == TT_DSP_RQ_FULL ? (int8_t)tt_ssat8(tt_dsp_rq_fast((acc), (rqp)) + zp)                                 \
      : (mode) == TT_DSP_RQ_FAST ? tt_dsp_rq_out(tt_dsp_rq_fast((acc), (rqp)), zp, lo_z, hi_z)                         \
                                 : tt_dsp_rq_s8((acc), (rqp), zp, lo_z, hi_z))
 
@@ -684,6 +709,12 @@ static TT_DSP_NOINLINE void tt_dsp_pair_rows_fast(const int8_t *x, size_t x_stri
     tt_dsp_pair_rows(x, x_stride, rows, k4, wx, cp, y, y_stride, TT_DSP_RQ_FAST);
 }
 
+static TT_DSP_NOINLINE void tt_dsp_pair_rows_relu(const int8_t *x, size_t x_stride, int32_t rows, int32_t k4,
+                                                  const uint32_t *wx, const tt_dsp_pair *cp, int8_t *y,
+                                                  size_t y_stride) {
+    tt_dsp_pair_rows(x, x_stride, rows, k4, wx, cp, y, y_stride, TT_DSP_RQ_RELU);
+}
+
 static TT_DSP_NOINLINE void tt_dsp_pair_rows_any(const int8_t *x, size_t x_stride, int32_t rows, int32_t k4,
                                                  const uint32_t *wx, const tt_dsp_pair *cp, int8_t *y,
                                                  size_t y_stride) {
@@ -716,7 +747,9 @@ static TT_DSP_NOINLINE void tt_dsp_gemm_wx_body(const tt_dsp_gemm *g, const int8
         cp.zp = g->zp;
         cp.lo_z = g->lo_z;
         cp.hi_z = g->hi_z;
-        if (cp.rq[0].fast && cp.rq[1].fast && full) {
+        if (cp.rq[0].fast && cp.rq[1].fast && full && g->zp == -128) {
+            tt_dsp_pair_rows_relu(x, x_stride, g->rows, k4, wx, &cp, y + o, y_stride);
+        } else if (cp.rq[0].fast && cp.rq[1].fast && full) {
             tt_dsp_pair_rows_full(x, x_stride, g->rows, k4, wx, &cp, y + o, y_stride);
         } else if (cp.rq[0].fast && cp.rq[1].fast) {
             tt_dsp_pair_rows_fast(x, x_stride, g->rows, k4, wx, &cp, y + o, y_stride);
@@ -735,6 +768,211 @@ static TT_DSP_NOINLINE void tt_dsp_gemm_wx_body(const tt_dsp_gemm *g, const int8
     }
 }
 
+/* ------------------------------------------------ k = 8: channels inside, one rounding multiply */
+
+/* SMMLAR: the high word of a * 2^32 + x * y + 2^31 (modulo 2^64), i.e. floor((a 2^32 + x y +
+ * 2^31) / 2^32) when that value fits an int64. */
+static inline int32_t tt_smmlar(int32_t x, int32_t y, int32_t a) {
+#if TT_DSP_NATIVE
+    int32_t r;
+    __asm__("smmlar %0, %1, %2, %3" : "=r"(r) : "r"(x), "r"(y), "r"(a));
+    return r;
+#else
+    const uint64_t t = ((uint64_t)(uint32_t)a << 32) + (uint64_t)((int64_t)x * (int64_t)y) + ((uint64_t)1 << 31);
+    return tt_wrap32((int64_t)(t >> 32));
+#endif
+}
+
+/* Both int16 halves of a packed pair doubled (|half| <= 128: the doubled halves fit int16;
+ * the low half's bit 15 shifted into bit 16 is cleared). */
+static inline uint32_t tt_dsp_dbl16(uint32_t v) { return (v << 1) & 0xFFFEFFFFu; }
+
+/*
+ * Requantization as one SMMLAR and one shift, for a fast channel (q > 2^30, shift = -r with
+ * 1 <= r <= 23) whose accumulator is known to satisfy |acc| < 2^30. With X = 2 acc (exact):
+ *   tt_mbqm(acc, q, -r) = floor((acc q + 2^30 + 2^(30 + r) - [acc < 0] 2^31) / 2^(31 + r))   (tt_dsp_rq)
+ *                       = floor((X q + 2^31 + (2^(r-1) - [X < 0]) 2^32) / 2^(32 + r))
+ *                       = floor(smmlar(X, q, 2^(r-1) - [X < 0]) / 2^r)      (nested floors merge)
+ * and adding the output zero point zp inside, zp 2^r 2^32 (|zp 2^r| <= 2^30):
+ *   tt_mbqm(acc, q, -r) + zp = asr(smmlar(X, q, kc + (X >> 31)), r), kc = 2^(r-1) + zp 2^r
+ * (X >> 31 arithmetic: -1 or 0). Every value fits an int64 (|X q| < 2^62, |kc| < 2^31).
+ * When act_min >= zp (a ReLU-like lower bound) the sign term can be left out: for acc < 0 both
+ * values are <= zp <= act_min (acc q + 2^30 < 0 makes the floor without the term <= 0, and the
+ * term only lowers it), so both clamp to act_min; for acc >= 0 the term is 0.
+ */
+typedef struct {
+    uint32_t b;    /* 2 (bias + off * sum w), modulo 2^32 */
+    uint32_t w[4]; /* the channel's 8 weights as doubled int16 pairs: bytes 0/2, 1/3, 4/6, 5/7 */
+    int32_t q, kc, r;
+} tt_dsp_k8_ch;
+
+#define TT_DSP_K8_CHUNK 16
+
+/* tt_dsp_k8_eligible: every channel fast with 1 <= r <= 23 and |bias| <= 2^29, so that
+ * |acc| <= 2^29 + 8 * 128 * 255 < 2^30 (each tap |w (x + off)| <= 128 * 255; no wrap). */
+static inline int tt_dsp_k8_eligible(const tt_dsp_gemm *g, const int32_t *bias) {
+    for (int32_t o = 0; o < g->cols; ++o) {
+        if (g->mult[o] <= 0x40000000 || g->shift[o] < -23 || g->shift[o] > -1 ||
+            (bias != NULL && (bias[o] > (1 << 29) || bias[o] < -(1 << 29)))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Arithmetic shift right by 0 <= e <= 31 (ASR on ARM; elsewhere tt_asr32). */
+#if TT_DSP_NATIVE
+static inline int32_t tt_dsp_asr(int32_t x, int32_t e) {
+    int32_t r;
+    __asm__("asr %0, %1, %2" : "=r"(r) : "r"(x), "r"(e));
+    return r;
+}
+#else
+static inline int32_t tt_dsp_asr(int32_t x, int32_t e) { return tt_asr32(x, (int)e); }
+#endif
+
+/* One output of channel record c for the extended row (xae, xao, xbe, xbo), before clamping:
+ * tt_mbqm(acc, q, -r) + zp, with the sign term (sign = 1) or without. */
+static inline int32_t tt_dsp_k8_out(uint32_t xae, uint32_t xao, uint32_t xbe, uint32_t xbo, const tt_dsp_k8_ch *c,
+                                    int sign) {
+    uint32_t acc = tt_smlad(xae, c->w[0], c->b);
+    acc = tt_smlad(xao, c->w[1], acc);
+    acc = tt_smlad(xbe, c->w[2], acc);
+    acc = tt_smlad(xbo, c->w[3], acc);
+    const int32_t X = tt_wrap32((int64_t)acc);
+    return tt_dsp_asr(tt_smmlar(X, c->q, sign ? c->kc + tt_dsp_asr(X, 31) : c->kc), c->r);
+}
+
+/* The n channel records [ch, ch_end) of one row into yp[0 .. n - 1]; mode 0: act_min >= zp and
+ * full range (no sign term, SSAT), 1: full range (SSAT), 2: [act_min, act_max]. */
+static TT_DSP_ALWAYS_INLINE void tt_dsp_k8_row(uint32_t xae, uint32_t xao, uint32_t xbe, uint32_t xbo,
+                                               const tt_dsp_k8_ch *c, const tt_dsp_k8_ch *ch_end, int8_t *yp,
+                                               int mode, int32_t act_min, int32_t act_max) {
+#if TT_DSP_NATIVE
+    if (mode != 2) {
+        uint32_t acc, wa, wb, wc;
+        if (mode == 0) {
+            __asm__ volatile("1:\n\t"
+                             "ldrd %[acc], %[wa], [%[c]]\n\t"
+                             "ldrd %[wb], %[wc], [%[c], #8]\n\t"
+                             "smlad %[acc], %[xae], %[wa], %[acc]\n\t"
+                             "ldr %[wa], [%[c], #16]\n\t"
+                             "smlad %[acc], %[xao], %[wb], %[acc]\n\t"
+                             "smlad %[acc], %[xbe], %[wc], %[acc]\n\t"
+                             "smlad %[acc], %[xbo], %[wa], %[acc]\n\t"
+                             "ldrd %[wa], %[wb], [%[c], #20]\n\t"
+                             "ldr %[wc], [%[c], #28]\n\t"
+                             "adds %[c], %[c], #32\n\t"
+                             "smmlar %[acc], %[acc], %[wa], %[wb]\n\t"
+                             "asr %[acc], %[acc], %[wc]\n\t"
+                             "ssat %[acc], #8, %[acc]\n\t"
+                             "strb %[acc], [%[yp]], #1\n\t"
+                             "cmp %[c], %[end]\n\t"
+                             "bne 1b"
+                             : [acc] "=&r"(acc), [wa] "=&r"(wa), [wb] "=&r"(wb), [wc] "=&r"(wc), [c] "+r"(c),
+                               [yp] "+r"(yp)
+                             : [xae] "r"(xae), [xao] "r"(xao), [xbe] "r"(xbe), [xbo] "r"(xbo), [end] "r"(ch_end)
+                             : "cc", "memory");
+        } else {
+            __asm__ volatile("1:\n\t"
+                             "ldrd %[acc], %[wa], [%[c]]\n\t"
+                             "ldrd %[wb], %[wc], [%[c], #8]\n\t"
+                             "smlad %[acc], %[xae], %[wa], %[acc]\n\t"
+                             "ldr %[wa], [%[c], #16]\n\t"
+                             "smlad %[acc], %[xao], %[wb], %[acc]\n\t"
+                             "smlad %[acc], %[xbe], %[wc], %[acc]\n\t"
+                             "smlad %[acc], %[xbo], %[wa], %[acc]\n\t"
+                             "ldrd %[wa], %[wb], [%[c], #20]\n\t"
+                             "ldr %[wc], [%[c], #28]\n\t"
+                             "adds %[c], %[c], #32\n\t"
+                             "add %[wb], %[wb], %[acc], asr #31\n\t"
+                             "smmlar %[acc], %[acc], %[wa], %[wb]\n\t"
+                             "asr %[acc], %[acc], %[wc]\n\t"
+                             "ssat %[acc], #8, %[acc]\n\t"
+                             "strb %[acc], [%[yp]], #1\n\t"
+                             "cmp %[c], %[end]\n\t"
+                             "bne 1b"
+                             : [acc] "=&r"(acc), [wa] "=&r"(wa), [wb] "=&r"(wb), [wc] "=&r"(wc), [c] "+r"(c),
+                               [yp] "+r"(yp)
+                             : [xae] "r"(xae), [xao] "r"(xao), [xbe] "r"(xbe), [xbo] "r"(xbo), [end] "r"(ch_end)
+                             : "cc", "memory");
+        }
+        return;
+    }
+#endif
+    for (; c != ch_end; ++c) {
+        const int32_t v = tt_dsp_k8_out(xae, xao, xbe, xbo, c, mode != 0);
+        *yp++ = (int8_t)(mode == 2 ? tt_clamp32(v, act_min, act_max) : tt_ssat8(v));
+    }
+}
+
+/* Rows of one chunk of n >= 1 channels (records ch) into y + r * y_stride (mode: tt_dsp_k8_row). */
+static TT_DSP_ALWAYS_INLINE void tt_dsp_k8_rows(const int8_t *x, size_t x_stride, int32_t rows, const tt_dsp_k8_ch *ch,
+                                                int32_t n, int8_t *y, size_t y_stride, int mode, int32_t act_min,
+                                                int32_t act_max) {
+    const tt_dsp_k8_ch *const ch_end = ch + n;
+    for (int32_t r = 0; r < rows; ++r) {
+        const uint32_t xa = tt_ld32(x), xb = tt_ld32(x + 4);
+        tt_dsp_k8_row(tt_sxtb16(xa), tt_sxtb16_ror8(xa), tt_sxtb16(xb), tt_sxtb16_ror8(xb), ch, ch_end, y, mode,
+                      act_min, act_max);
+        x += x_stride;
+        y += y_stride;
+    }
+}
+
+static TT_DSP_NOINLINE void tt_dsp_k8_rows_relu(const int8_t *x, size_t x_stride, int32_t rows, const tt_dsp_k8_ch *ch,
+                                                int32_t n, int8_t *y, size_t y_stride) {
+    tt_dsp_k8_rows(x, x_stride, rows, ch, n, y, y_stride, 0, -128, 127);
+}
+
+static TT_DSP_NOINLINE void tt_dsp_k8_rows_full(const int8_t *x, size_t x_stride, int32_t rows, const tt_dsp_k8_ch *ch,
+                                                int32_t n, int8_t *y, size_t y_stride) {
+    tt_dsp_k8_rows(x, x_stride, rows, ch, n, y, y_stride, 1, -128, 127);
+}
+
+static TT_DSP_NOINLINE void tt_dsp_k8_rows_any(const int8_t *x, size_t x_stride, int32_t rows, const tt_dsp_k8_ch *ch,
+                                               int32_t n, int8_t *y, size_t y_stride, int32_t act_min,
+                                               int32_t act_max) {
+    tt_dsp_k8_rows(x, x_stride, rows, ch, n, y, y_stride, 2, act_min, act_max);
+}
+
+/* tt_dsp_gemm_s8 for k = 8 and tt_dsp_k8_eligible channels: records of TT_DSP_K8_CHUNK
+ * channels on the stack, then every row against them (x loaded and extended once per row). */
+static TT_DSP_NOINLINE void tt_dsp_gemm_k8(const tt_dsp_gemm *g, const int8_t *x, size_t x_stride, const int8_t *w,
+                                           const int32_t *bias, int8_t *y, size_t y_stride) {
+    const uint32_t ones = 0x00010001u;
+    const int32_t zp = g->zp;
+    const int32_t act_min = g->lo_z + zp, act_max = g->hi_z + zp;
+    const int full = act_min == -128 && act_max == 127;
+    tt_dsp_k8_ch ch[TT_DSP_K8_CHUNK];
+    for (int32_t o0 = 0; o0 < g->cols; o0 += TT_DSP_K8_CHUNK) {
+        const int32_t n = g->cols - o0 < TT_DSP_K8_CHUNK ? g->cols - o0 : TT_DSP_K8_CHUNK;
+        for (int32_t i = 0; i < n; ++i) {
+            const int32_t o = o0 + i;
+            const uint32_t a = tt_ld32(w + 8 * (size_t)o), b = tt_ld32(w + 8 * (size_t)o + 4);
+            tt_dsp_k8_ch *c = &ch[i];
+            c->w[0] = tt_dsp_dbl16(tt_sxtb16(a));
+            c->w[1] = tt_dsp_dbl16(tt_sxtb16_ror8(a));
+            c->w[2] = tt_dsp_dbl16(tt_sxtb16(b));
+            c->w[3] = tt_dsp_dbl16(tt_sxtb16_ror8(b));
+            const uint32_t s2 = tt_smlad(c->w[0], ones, tt_smlad(c->w[1], ones, tt_smlad(c->w[2], ones,
+                                                                 tt_smlad(c->w[3], ones, 0u)))); /* 2 sum w */
+            c->b = 2u * (bias != NULL ? (uint32_t)bias[o] : 0u) + (uint32_t)g->off * s2;
+            const int32_t r = -g->shift[o];
+            c->q = g->mult[o];
+            c->r = r;
+            c->kc = ((int32_t)1 << (r - 1)) + zp * ((int32_t)1 << r);
+        }
+        if (full && zp == -128) {
+            tt_dsp_k8_rows_relu(x, x_stride, g->rows, ch, n, y + o0, y_stride);
+        } else if (full) {
+            tt_dsp_k8_rows_full(x, x_stride, g->rows, ch, n, y + o0, y_stride);
+        } else {
+            tt_dsp_k8_rows_any(x, x_stride, g->rows, ch, n, y + o0, y_stride, act_min, act_max);
+        }
+    }
+}
+
 /*
  * tt_dsp_gemm_s8 (same arguments, same bytes): for k a multiple of 4 up to TT_DSP_WX_MAX_K
  * tt_dsp_gemm_wx_body (its 4 k-byte weight buffer only on the stack while it runs), other k:
@@ -745,6 +983,10 @@ static inline void tt_dsp_gemm_wx_s8(const tt_dsp_gemm *g, const int8_t *x, size
     const int32_t k = g->k;
     if ((k & 3) != 0 || k > TT_DSP_WX_MAX_K || k == 0 || g->rows <= 0) {
         tt_dsp_gemm_rq_s8(g, x, x_stride, w, bias, y, y_stride);
+        return;
+    }
+    if (k == 8 && tt_dsp_k8_eligible(g, bias)) {
+        tt_dsp_gemm_k8(g, x, x_stride, w, bias, y, y_stride);
         return;
     }
     tt_dsp_gemm_wx_body(g, x, x_stride, w, bias, y, y_stride);

@@ -273,12 +273,15 @@ typedef struct {
     tt_fb_row_source source;
     void *source_ctx;
     int8_t *window; /* lead window (NULL for a direct lead) */
+    int32_t win_j;  /* the lead output row whose input rows the window holds, -1: none yet */
 } fb_run;
 
 /* The input rows of lead output row j: row ky of its window starts at the returned
  * pointer + ky * *row_stride (a direct lead: the input row itself; otherwise the lead
- * window, filled here with the padded input rows). */
-static const int8_t *lead_rows(const fb_run *run, int32_t j, size_t *row_stride) {
+ * window, filled here with the padded input rows). When the window holds row j - 1's rows
+ * (undilated, stride sh < kh), its last kh - sh rows are row j's first ones: moved up, and
+ * only the sh new rows are produced (a streamed stem preprocesses each input row about once). */
+static const int8_t *lead_rows(fb_run *run, int32_t j, size_t *row_stride) {
     const tt_fused_block_params *p = run->c.p;
     const tt_fb_window *g = &p->lead_win;
     const int32_t cin = p->in_c;
@@ -289,7 +292,13 @@ static const int8_t *lead_rows(const fb_run *run, int32_t j, size_t *row_stride)
     const int32_t pw = padded_w(&p->lead_pad, p->in_w);
     const int32_t col0 = pad_before_w(&p->lead_pad);
     *row_stride = (size_t)pw * (size_t)cin;
-    for (int32_t ky = 0; ky < g->kh; ++ky) {
+    int32_t keep = 0;
+    if (run->win_j >= 0 && j == run->win_j + 1 && g->dh == 1 && g->sh < g->kh) {
+        keep = g->kh - g->sh;
+        memmove(run->window, run->window + (size_t)g->sh * *row_stride, (size_t)keep * *row_stride);
+    }
+    run->win_j = j;
+    for (int32_t ky = keep; ky < g->kh; ++ky) {
         int8_t *wrow = run->window + (size_t)ky * *row_stride;
         int32_t r = j * g->sh + ky * g->dh;
         int32_t s = padded_source(&p->lead_pad, p->in_h, r);
@@ -359,6 +368,7 @@ static tt_status run_block(const tt_fused_block_params *p, const int8_t *input, 
     const fb_scratch parts = scratch_parts(p);
     int8_t *const base = (int8_t *)scratch;
     run.window = parts.lead_window ? base : NULL;
+    run.win_j = -1;
     int8_t *const ring = base + parts.lead_window;
     int8_t *const dw_row = ring + parts.ring;
     int8_t *const proj_row = dw_row + parts.dw_row;

@@ -189,6 +189,7 @@ def _float_hard_swish(x: np.ndarray) -> np.ndarray:
 def run_hard_swish(
     params: LutParams | FloatHardSwishParams, args: Sequence[np.ndarray | None]
 ) -> tuple[np.ndarray, ...]:
+    """C twin (int8): tt_hard_swish_s8 in firmware_templates/runtime/src/tt_hard_swish.c."""
     x = args[0]
     assert x is not None
     if isinstance(params, FloatHardSwishParams):

@@ -45,6 +45,21 @@ def clamp_mask(y_q: np.ndarray, act_min: int, act_max: int) -> np.ndarray:
     return pack_mask((y > act_min) & (y < act_max))
 
 
+# The upper bound of a clamp mask with its upper test disabled (every int8 value is below
+# it): ``clamp_mask(v, lo, SIGN_MASK_HI) == sign_mask(v, lo)``, MobileTL's sign rule.
+SIGN_MASK_HI = 128
+
+
+def sign_mask(v_q: np.ndarray, zero: int) -> np.ndarray:
+    """Packed mask of ``v_q > zero`` (MobileTL's sign rule: the gradient passes where the
+    int8 value ``v_q`` stands for a real value above the one of ``zero``).
+
+    C twin: tt_sign_mask_s8 in firmware_templates/runtime/src/tt_hard_swish.c."""
+    if not -128 <= zero <= 127:
+        raise UsageError(f"sign mask threshold {zero} outside int8")
+    return pack_mask(np.asarray(v_q) > zero)
+
+
 def apply_mask(grad: Grad, packed: np.ndarray) -> Grad:
     """The gradient with the masked-out elements set to 0 (same exponent).
 
