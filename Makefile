@@ -16,7 +16,7 @@ all: test
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[tf,dev]"
+	$(PY) -m pip install --quiet -e ".[tf,dev,ray]"
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -14,6 +14,12 @@ present, the ImageNet tiny-training checkpoint ``../shared/models/mbv2-w0.35.pkl
     python benchmarks/train_fmnist.py [--train-samples 6000] [--test-samples 2000] [--epochs 3] [--jobs 2]
         [--resume]  # an interrupted run goes on from its finished rows (benchmarks/results/train_fmnist.partial/)
     python benchmarks/train_fmnist.py --refresh-memory  # new memory columns after a planner change
+    python benchmarks/train_fmnist.py --collect --instructions  # the table of the finished rows, + qemu-m7 counts
+
+The DGSU / MobileTL rows (issue 6): ``--schemes tte,dgsu:ratio=0.02,dgsu:ratio=0.02,weights=50,
+mobiletl:blocks=2,mobiletl:blocks=4,bias-only,last-layer`` (a ``key=value`` piece continues the
+preset before it). Every int8 row records the fraction of the conv weights updated per step and
+over the run; ``--plot`` draws test accuracy against peak SRAM.
 
 Writes ``benchmarks/results/train_fmnist.json`` and a markdown table.
 """
@@ -46,8 +52,12 @@ def int8_row(model: Path, scheme: str, lr: float, args: argparse.Namespace, data
     graph = prepare_graph(model, 10, "zero", 0)
     # Compile without a budget cap to report the real peak; fits = peak ≤ 256 KB.
     c = compile_graph(graph, scheme, CompileOptions(scheme, sram_bytes=1 << 30, sample_bytes=28 * 28))
+    from tinytrain.train.dgsu import RowCoverage
+
     t0 = time.perf_counter()
     trainer = Trainer(c.program, train.sample_shape, seed=args.seed)
+    coverage = RowCoverage(c.scheme)
+    trainer.executor.observer = coverage
     config = TrainConfig(epochs=args.epochs, lr=lr, schedule=Schedule(args.schedule), seed=args.seed)
     report = trainer.fit(train, test, config)
     wall = time.perf_counter() - t0
@@ -62,7 +72,46 @@ def int8_row(model: Path, scheme: str, lr: float, args: argparse.Namespace, data
         "train_accuracy_per_epoch": [e.train_accuracy for e in report.epochs],
         "loss_curve_per_100_steps": [round(v, 4) for v in report.loss_curve],
         **memory_columns(c),
+        "conv_fraction_per_step": coverage.fraction_per_step(report.steps),
+        "conv_fraction_over_run": coverage.fraction_over_run(),
         "wall_seconds": round(wall, 1),
+    }
+
+
+def static_fractions(c: Any) -> dict[str, float]:
+    """The conv-weight fractions of a scheme without run-time selection (the same every step)."""
+    from tinytrain.train.dgsu import RowCoverage
+
+    cov = RowCoverage(c.scheme)
+    return {"conv_fraction_per_step": cov.fraction_per_step(1), "conv_fraction_over_run": cov.fraction_over_run()}
+
+
+def instructions_columns(model: Path, scheme: str) -> dict[str, Any]:
+    """Executed instructions per training step and per inference on the emulated Cortex-M7
+    (dsp kernels; QEMU -icount, deterministic): the mean over 4 training steps, since run-time
+    selection (DGSU) may vary them. Compiled with the 256 KB budget the firmware links into."""
+    import numpy as np
+
+    from codegen.backends import RunSpec
+    from codegen.profile import profile
+    from tinytrain.datasets import fashion_mnist
+    from tinytrain.errors import TinytrainError
+    from tinytrain.train.compile import CompileOptions, compile_graph, prepare_graph
+
+    graph = prepare_graph(model, 10, "zero", 0)
+    try:
+        c = compile_graph(graph, scheme, CompileOptions(scheme, sram_bytes=256 * KB, sample_bytes=28 * 28))
+        x, y = fashion_mnist("train")
+        t, _ = fashion_mnist("test")
+        spec = RunSpec(x[:4], y[:4].astype(np.int64), t[:1], seed=0, lr=0.003)
+        prof = profile(c, "qemu-m7", spec, kernels="dsp", timeout=1800)
+    except TinytrainError as exc:  # does not fit 256 KB or does not build: no device figure
+        return {"instructions_per_step_m7": None, "instructions_note": str(exc).splitlines()[0]}
+    steps = prof.step_instructions
+    infer = prof.inference_instructions_each
+    return {
+        "instructions_per_step_m7": int(sum(steps) // len(steps)),
+        "instructions_per_inference_m7": int(sum(infer) // len(infer)),
     }
 
 
@@ -111,24 +160,75 @@ def float_row(model: Path, lr: float, args: argparse.Namespace, data: Any) -> di
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| model | scheme | test acc. | after each epoch | SRAM (arena) | fits 256 KB | flash | MACs fwd / bwd "
-        "| wall time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| conv weights updated per step / over the run | M7 instructions per step | wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for block in results:
         for r in block["rows"]:
             acc = f"{100 * r['test_accuracy']:.2f}%" if r.get("test_accuracy") is not None else "-"
             if r["kind"] == "float32":
                 name = f"{r['scheme']} (lr {r['lr']})"
-                lines.append(f"| {block['model']} | {name} | {acc} | – | – | – | – | – | {r['wall_seconds']} s |")
+                dash = " – |" * 7
+                lines.append(f"| {block['model']} | {name} | {acc} |{dash} {r['wall_seconds']} s |")
                 continue
             lines.append(
                 f"| {block['model']} | {r['scheme']} (lr {r['lr']}, {r.get('schedule', 'constant')}) | {acc} "
                 f"| {' / '.join(f'{100 * a:.1f}' for a in r.get('test_accuracy_per_epoch', []))} "
                 f"| {r['arena_bytes'] / KB:.1f} KB "
                 f"| {'yes' if r['fits_256kb'] else 'no'} | {r['flash_bytes'] / KB:.0f} KB "
-                f"| {r['macs_forward'] / 1e6:.1f} M / {r['macs_backward'] / 1e6:.1f} M | {r['wall_seconds']} s |"
+                f"| {r['macs_forward'] / 1e6:.1f} M / {r['macs_backward'] / 1e6:.1f} M | {fractions(r)} "
+                f"| {instructions(r)} | {r['wall_seconds']} s |"
             )
     return "\n".join(lines)
+
+
+def fractions(r: dict[str, Any]) -> str:
+    if "conv_fraction_per_step" not in r:
+        return "–"
+    return f"{100 * r['conv_fraction_per_step']:.2f} % / {100 * r['conv_fraction_over_run']:.1f} %"
+
+
+def instructions(r: dict[str, Any]) -> str:
+    v = r.get("instructions_per_step_m7")
+    return f"{v / 1e6:.1f} M" if v else "–"
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Test accuracy against peak SRAM, one point per int8 scheme (one panel per model); the
+    float32 rows as horizontal lines (they have no MCU memory figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = [b for b in results if b["rows"]]
+    if not blocks:
+        return
+    fig, axes = plt.subplots(1, len(blocks), figsize=(6.5 * len(blocks), 4.8), squeeze=False)
+    for ax, block in zip(axes[0], blocks, strict=True):
+        floats = [r for r in block["rows"] if r["kind"] == "float32" and r.get("test_accuracy") is not None]
+        if floats:  # the best learning rate of the float32 reference
+            best = max(floats, key=lambda r: r["test_accuracy"])
+            acc = 100 * best["test_accuracy"]
+            ax.axhline(acc, ls="--", lw=0.8, color="grey")
+            label = f"float32 full FT (lr {best['lr']})"
+            ax.annotate(label, (0.01, acc), xycoords=("axes fraction", "data"), fontsize=7)
+        for r in block["rows"]:
+            if r.get("test_accuracy") is None or r["kind"] == "float32":
+                continue
+            acc = 100 * r["test_accuracy"]
+            kb = r["peak_sram_bytes"] / KB
+            ax.scatter([kb], [acc], s=30)
+            ax.annotate(r["scheme"], (kb, acc), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        ax.axvline(256, color="red", lw=0.8)
+        ax.set_xlabel("peak SRAM of the training program (KB)")
+        ax.set_ylabel("Fashion-MNIST test accuracy (%)")
+        ax.set_title(block["model"], fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 MODELS = {
@@ -158,7 +258,7 @@ def run_model(key: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         Dataset("test", te.images[: args.test_samples], te.labels[: args.test_samples]),
     )
     float_lrs = [] if args.no_float else [float(v) for v in args.float_lr.split(",") if v]
-    names = [s for s in args.schemes.split(",") if s] + [f"float@{lr:g}" for lr in float_lrs]
+    names = scheme_list(args.schemes) + [f"float@{lr:g}" for lr in float_lrs]
     rows = []
     for scheme in names:
         is_float = scheme.startswith("float@")
@@ -180,18 +280,30 @@ def run_model(key: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def scheme_list(text: str) -> list[str]:
+    """``--schemes``, comma-separated; a piece ``key=value`` without ':' continues the
+    previous preset's parameters (``tte,dgsu:ratio=0.02,weights=50,bias-only``)."""
+    out: list[str] = []
+    for piece in (v for v in text.split(",") if v):
+        if out and "=" in piece and ":" not in piece:
+            out[-1] += "," + piece
+        else:
+            out.append(piece)
+    return out
+
+
 def row_name(scheme: str) -> str:
     """A scheme's name in file names: a preset with ':' → '_', a scheme file path → its stem
     (``--schemes tte,build/best_scheme.yaml`` trains a searched scheme too)."""
     if Path(scheme).suffix in (".yaml", ".yml", ".json"):
         return "file_" + Path(scheme).stem
-    return scheme.replace(":", "_")
+    return scheme.replace(":", "_").replace(",", "_")
 
 
 def scheme_lr(args: argparse.Namespace, scheme: str) -> float:
     """The int8 learning rate of ``scheme``: its ``--lr-for`` entry, else ``--lr``."""
     for item in args.lr_for:
-        name, _, value = item.partition("=")
+        name, _, value = item.rpartition("=")
         if name == scheme:
             return float(value)
     return float(args.lr)
@@ -204,18 +316,43 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     for key in [k for k in args.models.split(",") if k in MODELS and model_path(k) is not None]:
         float_lrs = [] if args.no_float else [float(v) for v in args.float_lr.split(",") if v]
         rows = []
-        for scheme in [s for s in args.schemes.split(",") if s] + [f"float@{lr:g}" for lr in float_lrs]:
+        for scheme in scheme_list(args.schemes) + [f"float@{lr:g}" for lr in float_lrs]:
             is_float = scheme.startswith("float@")
             lr = float(scheme.partition("@")[2]) if is_float else scheme_lr(args, scheme)
             keep = args.partial / f"{key}-{row_name(scheme)}.json"
             row = json.loads(keep.read_text()) if keep.exists() else None
             ok = row is not None and row.get("protocol") == protocol(args) and row.get("lr") == lr
             if ok and row is not None and (is_float or row.get("schedule", "constant") == args.schedule):
+                if not is_float and enrich(row, key, scheme, args):
+                    keep.write_text(json.dumps(row, indent=2) + "\n")
                 rows.append(row)
             else:
                 missing.append(f"{key}: {scheme}")
         results.append({"model": MODELS[key], "rows": rows})
     return {"benchmark": "train_fmnist", "protocol": protocol(args), "results": results, "missing": missing}
+
+
+def enrich(row: dict[str, Any], key: str, scheme: str, args: argparse.Namespace) -> bool:
+    """Adds the columns a finished int8 row lacks (rows from before they existed): the
+    conv-weight fractions of a scheme without run-time selection, and with
+    ``--instructions`` the Cortex-M7 instruction counts. True when the row changed."""
+    from tinytrain.train.compile import CompileOptions, compile_graph, prepare_graph
+
+    path = model_path(key)
+    assert path is not None
+    changed = False
+    if "conv_fraction_per_step" not in row:
+        c = compile_graph(
+            prepare_graph(path, 10, "zero", 0), scheme, CompileOptions(scheme, sram_bytes=1 << 30, sample_bytes=784)
+        )
+        if not any(p.dynamic is not None for p in c.scheme.layers):
+            row.update(static_fractions(c))
+            changed = True
+    if args.instructions and "instructions_per_step_m7" not in row:
+        print(f"[{key}] {scheme}: profiling on qemu-m7 ...", file=sys.stderr, flush=True)
+        row.update(instructions_columns(path, scheme))
+        changed = True
+    return changed
 
 
 def protocol(args: argparse.Namespace) -> dict[str, Any]:
@@ -284,6 +421,12 @@ def main() -> int:
         action="store_true",
         help="only gather the finished rows of --partial into --out (a run still in progress)",
     )
+    ap.add_argument(
+        "--instructions",
+        action="store_true",
+        help="with --collect: add Cortex-M7 instructions per step (QEMU, dsp kernels) to rows that lack them",
+    )
+    ap.add_argument("--plot", type=Path, default=RESULTS / "train_fmnist_acc_sram.png", help="accuracy vs peak SRAM")
     ap.add_argument("--out", type=Path, default=RESULTS / "train_fmnist.json")
     ap.add_argument("--partial", type=Path, default=RESULTS / "train_fmnist.partial")
     args = ap.parse_args()
@@ -302,6 +445,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(table(payload["results"]) + "\n")
+    plot(payload["results"], args.plot)
     print(table(payload["results"]))
     if payload.get("missing"):
         print("not finished: " + ", ".join(payload["missing"]))
