@@ -407,6 +407,11 @@ def _after_forward(b: _Builder, i: int, out_name: str, block_input: str | None =
                 (b.arena(f"act:{out_name}", "int8_t"), Lit(n), Lit(lo), Lit(hi), mask),
                 "forward",
             )
+    if st.params.save_input:  # the exact HARD_SWISH backward's int8 input
+        src = str(st.op.inputs[0])
+        n_in = b.graph.tensor(src).size
+        saved_x = b.arena(f"saved:{src}@{i}", "int8_t")
+        b.call("tt_copy_s8", f"save the input of op {i}", (b.act(src), Lit(n_in), saved_x), "forward")
     if st.params.save_channels:
         src = str(st.target(0))
         b.call(
@@ -543,6 +548,14 @@ def _backward_step(b: _Builder, st: BackwardStep, have: set[str]) -> None:
         if 0 in req.input_grads:
             gx, ex = dest(0)
             b.call("tt_pad_bwd_s16", f"input gradient of {desc}", (ps, gy, ey, gx, ex), "backward")
+    elif k is OpKind.HARD_SWISH and st.params.save_input:
+        # the exact derivative from the saved int8 input (kernels/act_bwd.py)
+        if 0 in req.input_grads:
+            gx, ex = dest(0)
+            saved = b.arena(f"saved:{op.inputs[0]}@{i}", "int8_t")
+            deriv = b.array(f"hsd_{i}", kp.deriv)
+            b.call("tt_hard_swish_bwd_s16", f"input gradient of {desc}", (deriv, gy, ey, saved, Lit(n_out), gx, ex),
+                   "backward")  # fmt: skip
     elif k in (OpKind.RESHAPE, OpKind.SQUEEZE, OpKind.EXPAND_DIMS, OpKind.HARD_SWISH):
         # HARD_SWISH: MobileTL's sign rule, the masked output gradient passes unchanged (a copy)
         if 0 in req.input_grads:

@@ -31,10 +31,12 @@ BACKENDS: tuple[Backend, ...] = ("ref", "dsp", "x86")
 
 DSP_REPLACES: MappingProxyType[str, str] = MappingProxyType(
     {
+        "tt_bias_step.c": "dsp/tt_bias_step_dsp.c",
         "tt_fc.c": "dsp/tt_fc_dsp.c",
         "tt_fused_block_stages.c": "dsp/tt_fused_block_stages_dsp.c",
         "tt_linear_bwd.c": "dsp/tt_linear_bwd_dsp.c",
         "tt_mask.c": "dsp/tt_mask_dsp.c",
+        "tt_pool_bwd.c": "dsp/tt_pool_bwd_dsp.c",
         "tt_update.c": "dsp/tt_update_dsp.c",
     }
 )

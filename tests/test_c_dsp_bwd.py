@@ -41,21 +41,21 @@ from tinytrain.testing import c_backward as cb
 from tinytrain.testing import c_update as cu
 from tinytrain.testing.cbuild import C_FLAGS, build_shared
 from tinytrain.train.compile import CompileOptions, compile_model
-from tinytrain.train.kernels import linear_bwd, prng
+from tinytrain.train.kernels import linear_bwd, pool_bwd, prng
 from tinytrain.train.kernels import mask as mask_mod
 from tinytrain.train.kernels.gradient import Grad
 from tinytrain.train.kernels.schedule import lr_multiplier
-from tinytrain.train.kernels.update import make_update, update_weights
+from tinytrain.train.kernels.update import make_update, update_bias, update_weights
 
 __all__ = ["fmnist_images", "shipped_graphs"]  # module fixtures reused from test_c_backward
 
 UBSAN = ("-fsanitize=undefined", "-fno-sanitize-recover=all")
-OWN = ("tt_linear_bwd.c", "tt_mask.c", "tt_update.c")
+OWN = ("tt_bias_step.c", "tt_linear_bwd.c", "tt_mask.c", "tt_pool_bwd.c", "tt_update.c")
 
 
 # what the UBSan build needs besides the replacements: the other kernels the checks call
 UBSAN_SRC = (
-    "tt_grad.c", "tt_loss.c", "tt_pool_bwd.c", "tt_shape_bwd.c", "tt_prng.c", "tt_schedule.c",
+    "tt_grad.c", "tt_loss.c", "tt_shape_bwd.c", "tt_prng.c", "tt_schedule.c",
     "tt_update_slice.c",
 )  # fmt: skip
 
@@ -115,13 +115,18 @@ def test_dsp_sources_build_for_cortex_m_integer_only(cpu: tuple[str, ...], tmp_p
         assert_integer_only(obj)
 
 
-def _random_linear(libs: tuple[ctypes.CDLL, ...], case: tuple[Any, ...], modes: tuple[str, ...]) -> None:
+def _random_linear(
+    libs: tuple[ctypes.CDLL, ...],
+    case: tuple[Any, ...],
+    modes: tuple[str, ...],
+    channel_sets: list[tuple[int, ...]] | None = None,
+) -> None:
     rng = np.random.default_rng(zlib.crc32(str(case).encode()))
     p, w_flash = make_linear(case, rng)
     for mode in modes:
         g_y = Grad(rand_grad(rng, p.out_shape, mode), int(rng.integers(-40, 5)))
         x = rng.integers(-128, 128, p.in_shape).astype(np.int8)
-        for channels in subsets(rng, p.in_channels):
+        for channels in subsets(rng, p.in_channels) if channel_sets is None else channel_sets:
             w_cur = w_flash.copy()
             if channels:
                 sub = cb.trained_slice(p.kind, w_flash, channels)
@@ -166,6 +171,16 @@ CONV1X1_CASES: tuple[tuple[Any, ...], ...] = tuple(
 @pytest.mark.parametrize("case", CONV1X1_CASES, ids=lambda c: f"{c[1]}x{c[2]}x{c[3]}-to-{c[4]}")
 def test_conv1x1_input_grad_matches_numpy(libs: tuple[ctypes.CDLL, ...], case: tuple[Any, ...]) -> None:
     _random_linear(libs, case, ("random", "zero", "max", "full"))
+
+
+@pytest.mark.parametrize("case", [c for c in CONV1X1_CASES if c[3] >= 5], ids=lambda c: f"{c[1]}x{c[3]}-to-{c[4]}")
+def test_conv1x1_input_grad_contiguous_trained_channels(libs: tuple[ctypes.CDLL, ...], case: tuple[Any, ...]) -> None:
+    """Trained channels c0 .. c0 + n - 1 in order (tte trains the first n): the slices read in
+    place of the per-row corrections (axpy4_split), ranges at the start, inside, at the end."""
+    cin = case[3]
+    sets = [tuple(range(k)) for k in (1, cin // 2, cin - 1)]
+    sets += [tuple(range(c0, c0 + k)) for c0, k in ((1, cin - 1), (cin // 3, cin // 3 + 1), (cin - 2, 1))]
+    _random_linear(libs, case, ("random", "max"), sets)
 
 
 def test_conv1x1_extremes_and_sparse_rows(libs: tuple[ctypes.CDLL, ...], ref_lib: ctypes.CDLL) -> None:
@@ -393,3 +408,87 @@ def test_masks_match_reference_and_numpy(libs: tuple[ctypes.CDLL, ...], ref_lib:
             inplace = g.copy()
             assert lib.tt_apply_mask_s16(inplace.ctypes.data, packed.ctypes.data, n, inplace.ctypes.data) == 0
             assert np.array_equal(inplace, want_g), n
+
+
+# ------------------------------------------------------------------------------ MEAN backward
+
+
+@pytest.mark.parametrize(
+    ("in_shape", "keep_shape"),
+    [
+        ((1, 4, 4, 1280), (1, 1, 1, 1280)),  # the shipped MBV2's global average pool
+        ((1, 3, 5, 7), (1, 1, 1, 7)),
+        ((1, 1, 1, 9), (1, 1, 1, 9)),  # nothing reduced
+        ((1, 6, 2, 5), (1, 1, 1, 1)),  # everything reduced
+        ((1, 4, 3, 6), (1, 4, 3, 1)),  # a kept axis before the reduced one: the reference path
+        ((2, 3, 4), (2, 1, 4)),
+        ((1, 5, 8), (1, 1, 8)),
+    ],
+)
+def test_mean_backward_matches_reference_and_numpy(
+    libs: tuple[ctypes.CDLL, ...], ref_lib: ctypes.CDLL, in_shape: tuple[int, ...], keep_shape: tuple[int, ...]
+) -> None:
+    rng = np.random.default_rng(sum(in_shape) * 31 + sum(keep_shape))
+    count = int(np.prod(in_shape)) // int(np.prod(keep_shape))
+    mu, k = pool_bwd.reciprocal_q15(np.array(count))
+    for mu_v, gmode in ((int(mu), "random"), (1 << 15, "extreme"), (0, "random"), (int(mu), "zero"), (1, "small")):
+        p = pool_bwd.PoolBwdParams(in_shape, keep_shape, None, np.array(mu_v, np.int64), k)
+        if gmode == "zero":
+            g = np.zeros(keep_shape, np.int16)
+        elif gmode == "extreme":
+            g = rng.choice(np.array([-(1 << 15), (1 << 15) - 1, -1, 1, 0], np.int16), keep_shape)
+        elif gmode == "small":
+            g = rng.integers(-3, 4, keep_shape).astype(np.int16)
+        else:
+            g = rng.integers(-(1 << 15), 1 << 15, keep_shape).astype(np.int16)
+        g_y = Grad(g, int(rng.integers(-40, 5)))
+        want = pool_bwd.pool_input_grad(p, g_y)
+        c = cb_mod.pool_bwd_struct(p)
+        for lib in (*libs, ref_lib):
+            got = cb_mod.c_pool_input_grad(lib, c, p, g_y)
+            assert got.e == want.e and np.array_equal(got.g, want.g), (in_shape, keep_shape, mu_v, gmode)
+    bad = cb_mod.pool_bwd_struct(pool_bwd.PoolBwdParams(in_shape, keep_shape, None, np.array(mu, np.int64), k))
+    bad.struct.k = 32
+    gy = np.zeros(keep_shape, np.int16)
+    gx = np.zeros(in_shape, np.int16)
+    e = ctypes.c_int32()
+    for lib in (*libs, ref_lib):
+        st = lib.tt_mean_bwd_s16(ctypes.byref(bad.struct), gy.ctypes.data, 0, gx.ctypes.data, ctypes.byref(e))
+        assert (
+            st
+            == ref_lib.tt_mean_bwd_s16(ctypes.byref(bad.struct), gy.ctypes.data, 0, gx.ctypes.data, ctypes.byref(e))
+            != 0
+        )
+
+
+# ------------------------------------------------------------------------------ bias step
+
+
+def test_bias_step_matches_update_of_summed_gradient(libs: tuple[ctypes.CDLL, ...], ref_lib: ctypes.CDLL) -> None:
+    """tt_bias_step_s16 of dsp/tt_bias_step_dsp.c (int32 sums, four channels per step) == numpy
+    update_bias of the int64 position sums == the reference build: channel counts around the
+    4-channel step, 1 .. 64 positions, int16 extremes, saturating biases."""
+    rng = np.random.default_rng(21)
+    for trial in range(30):
+        cout = int(rng.choice([1, 3, 4, 5, 8, 11, 192]))
+        h, w = (int(v) for v in rng.choice([1, 2, 4, 8], 2))
+        up = tcu.make_update(OpKind.CONV_2D, float(rng.uniform(0.001, 0.1)), tcu.random_scales(rng, cout))
+        b = rng.integers(-(2**31), 2**31, cout).astype(np.int32)
+        b[rng.integers(0, cout)] = 2**31 - 1
+        g = rng.integers(-(1 << 15), 1 << 15, (h, w, cout)).astype(np.int16)
+        if trial % 3 == 0:
+            g = rng.choice(np.array([-(1 << 15), (1 << 15) - 1], np.int16), (h, w, cout))
+        e_y = int(rng.integers(-70, 40))
+        lr, c_t = tcu._step_values(rng)
+        want = update_bias(up, b, g.astype(np.int64).sum(axis=(0, 1)), e_y, lr, c_t)
+        cs = cu_mod.update_struct(cu_mod.update_arrays(up, (cout, 1, 1, 1), ()))
+        step = cu_mod.sgd_step(lr, c_t)
+        lb = cb_mod.TtLinearBwdParams()
+        lb.out_h, lb.out_w, lb.out_c = h, w, cout
+        for lib in (*libs, ref_lib):
+            out = b.copy()
+            fn = lib.tt_bias_step_s16
+            fn.restype = ctypes.c_int32
+            st = fn(ctypes.byref(lb), cs.ref(), ctypes.byref(step), ctypes.c_void_p(g.ctypes.data),
+                    ctypes.c_int32(e_y), ctypes.c_void_p(out.ctypes.data))  # fmt: skip
+            assert st == 0 and np.array_equal(out, want), (trial, cout, h, w)

@@ -6,7 +6,8 @@ Host builds (the intrinsics' portable fallbacks): the requantization helper agai
 channels); ``tt_fc_s8`` and ``tt_fused_block_s8`` of the dsp build against the reference
 build with edge multipliers (q = 2^30, 2^30 + 1, 2^31 - 1, 0; shift -31, -1, 0, > 0), odd
 sizes, channel counts that are not multiples of 4, stems with 1..5 input channels and
-depthwise windows of 1 to 49 taps; and every fused block of the shipped MBV2. The native
+depthwise windows of 1 to 49 taps; and every fused block of the shipped MBV2; the k = 8
+channel-record GEMM (one SMMLAR per output) with every channel eligible and one not. The native
 (inline-assembly) requantization runs in QEMU: ``tt_dsp_bench.c`` (tests/test_c_dsp.py).
 """
 
@@ -246,9 +247,25 @@ def test_fc_smmlar_requant_matches_reference(libs: tuple[ctypes.CDLL, ctypes.CDL
                     q2[j] = 1 << 30
                 variants.append((q2, s2, b2))
         for qv, sv, bv in variants:
-            for in_zp, out_zp, lo, hi in ((-128, -128, -128, 127), (127, 5, -128, 127), (-3, 127, -128, 127),
-                                          (0, -128, -128, 127), (12, -20, -20, 100), (-128, 30, -128, 0)):
-                s = TtFcParams(rows=rows, in_c=k, out_c=out_c, in_zp=in_zp, w_zp=0, out_zp=out_zp, act_min=lo,
-                               act_max=hi, mult=qv.ctypes.data_as(i32p), shift=sv.ctypes.data_as(i32p))
+            for in_zp, out_zp, lo, hi in (
+                (-128, -128, -128, 127),
+                (127, 5, -128, 127),
+                (-3, 127, -128, 127),
+                (0, -128, -128, 127),
+                (12, -20, -20, 100),
+                (-128, 30, -128, 0),
+            ):
+                s = TtFcParams(
+                    rows=rows,
+                    in_c=k,
+                    out_c=out_c,
+                    in_zp=in_zp,
+                    w_zp=0,
+                    out_zp=out_zp,
+                    act_min=lo,
+                    act_max=hi,
+                    mult=qv.ctypes.data_as(i32p),
+                    shift=sv.ctypes.data_as(i32p),
+                )
                 want = _fc(ref, s, x, w, bv, out_c)
                 assert np.array_equal(_fc(dsp, s, x, w, bv, out_c), want), (rows, out_c, in_zp, out_zp, lo, hi)

@@ -98,13 +98,14 @@ def test_qemu_matches_simulator(
     spec: RunSpec, programs: dict[str, tuple[Compiled, RunResult]], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """One run per target: dgsu:ratio on Cortex-M4, dgsu-layers on Cortex-M7 (built in parallel,
-    with -O1: faster to build, and the bytes cannot depend on it)."""
+    with the dsp kernels, 3x faster in QEMU, and -O1: faster to build; the bytes cannot
+    depend on either)."""
     jobs = {"qemu-m4": SCHEMES[0], "qemu-m7": SCHEMES[1]}
     root = tmp_path_factory.mktemp("qemu")
 
     def run(target: str) -> RunResult:
         c, _ = programs[jobs[target]]
-        gen, info = build_device(c, target, root / target, spec.sample_shape, extra_flags=("-O1",))
+        gen, info = build_device(c, target, root / target, spec.sample_shape, kernels="dsp", extra_flags=("-O1",))
         return run_generated(c, gen, spec, qemu_transport(info, 120.0))
 
     with ThreadPoolExecutor(2) as pool:
@@ -247,19 +248,24 @@ def test_host_checkpoint_resume_equals_uninterrupted(
 
 @pytest.mark.skipif(not HAVE_GCC, reason="gcc is not installed")
 def test_host_depthwise_and_classifier_rows(spec: RunSpec, tmp_path: Path) -> None:
-    """A scheme file with dynamic rows in a 1×1 conv, a depthwise conv (rows = channels) and
-    the classifier (rows = classes): the host build trains to the simulator's bytes."""
+    """A scheme file with dynamic rows in 1×1 convs (two of them the projection P of a fused
+    P→D→E backward step), a depthwise conv (rows = channels) and the classifier (rows =
+    classes): the host build trains to the simulator's bytes."""
     scheme = tmp_path / "mixed.yaml"
     scheme.write_text(
+        "default: bias\n"
         "layers:\n"
+        "  - {layer: conv2, update: dynamic, count: 2, explore: 1}\n"
+        "  - {layer: conv5, update: dynamic, count: 3, explore: 1}\n"
         "  - {layer: conv12, update: dynamic, ratio: 0.3}\n"
         "  - {layer: dw13, update: dynamic, count: 5, explore: 2}\n"
-        "  - {layer: conv14, update: bias}\n"
         "  - {layer: -1, update: dynamic, count: 3, explore: 1}\n"
     )
     c = compile_model(shipped(CHECKPOINT), CompileOptions(str(scheme), classes=10, sample_bytes=784))
     kinds = {p.layer.kind.value for p in c.scheme.dynamic}
     assert kinds == {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}
+    fused_p = [st.fused_from for st in c.program.backward if st.fused_from is not None]
+    assert sum(1 for p in fused_p if p.layer is not None and p.layer.dynamic is not None) == 2
     short = RunSpec(spec.samples[:20], spec.labels[:20], spec.test, seed=3, lr=0.05)
     gen, exe = build_host(c, tmp_path / "host", short.sample_shape, extra_flags=("-O0",))
     info = ElfInfo("host", exe, None, exe.with_suffix(".map"), None, 0, 0, 0, None, None)

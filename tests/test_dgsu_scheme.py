@@ -146,6 +146,8 @@ def test_preset_ratio(graph: Graph) -> None:
     s2 = resolve(get_scheme("dgsu:ratio=0.02,weights=48+50,explore=0", graph), graph)
     assert [p.layer.index for p in s2.dynamic] == [48, 50]
     assert all(p.dynamic is not None and p.dynamic.explore == 0 for p in s2.dynamic)
+    s3 = resolve(get_scheme("dgsu:ratio=0.02,weights=-3", graph), graph)  # one index keeps its sign
+    assert [p.layer.index for p in s3.dynamic] == [layers[-3].index]
 
 
 @pytest.mark.parametrize(
@@ -226,3 +228,30 @@ def test_accumulation_and_momentum_refused(graph: Graph, batch: int, momentum: f
     opts = CompileOptions("dgsu:ratio=0.02", classes=10, sample_bytes=784, batch=batch, momentum=momentum)
     with pytest.raises(UsageError, match="DGSU"):
         compile_graph(graph, "dgsu:ratio=0.02", opts)
+
+
+def test_cli_compile_and_simulate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``compile`` with a DGSU preset writes the selection into plan.json; ``simulate --json``
+    reports the conv weights updated per step and over the run; ``--save-weights`` holds the ages."""
+    import numpy as np
+
+    from tinytrain.cli import main
+    from tinytrain.models.ship import CHECKPOINT
+
+    out = tmp_path / "prog"
+    spec = "dgsu-layers:layers=3,ratio=0.25"
+    assert main(["compile", str(shipped(CHECKPOINT)), "--scheme", spec, "--classes", "10", "--sample-shape",
+                 "28x28", "-o", str(out)]) == 0  # fmt: skip
+    capsys.readouterr()
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["scheme"]["dgsu"]["layer_budget"] == 3
+    w = tmp_path / "w.npz"
+    args = ["simulate", str(out), "--data", "fashion-mnist", "--train-samples", "12", "--test-samples", "4"]
+    assert main([*args, "--json", "--save-weights", str(w)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    dg = res["dgsu"]
+    assert 0 < dg["fraction_per_step"] <= plan["scheme"]["dgsu"]["fraction_per_step"]
+    assert dg["fraction_over_run"] >= dg["fraction_per_step"]
+    with np.load(w) as f:
+        assert f["dgsu_layer_age"].dtype == np.uint16 and f["dgsu_layer_score"].dtype == np.int64
+        assert any(k.startswith("dgsu_age:") for k in f.files)

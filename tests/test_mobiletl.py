@@ -176,8 +176,37 @@ def test_hard_swish_sign_rule_matches_float_oracle(zp: int) -> None:
         loss = tf.reduce_sum(tf.nn.relu(x) * f32(grad_to_float(g)))
     dx = tape.gradient(loss, x).numpy().astype(np.float64)
     assert np.array_equal(grad_to_float(res.input_grads[0]), dx)
-    with pytest.raises(UsageError, match="sign-rule gradient"):
-        prepare_backward(op, (x_t,), (y_t,), BackwardRequest(frozenset({0})))
+
+
+@pytest.mark.parametrize(("scale", "zp"), [(0.05, -20), (0.03, 30), (0.1, -128)])
+def test_hard_swish_exact_rule_matches_float_autodiff(scale: float, zp: int) -> None:
+    """act=exact (and every other scheme): the forward saves the int8 input and the
+    backward multiplies by the tabulated derivative; TF's autodiff of x·relu6(x+3)/6 on the
+    dequantized input agrees (up to the table's 2^-14 rounding and the normalization)."""
+    rng = np.random.default_rng(zp + 500)
+    shape = (1, 6, 6, 8)
+    x_t, y_t = act("x", shape, scale, zp), act("y", shape, 0.04, -100)
+    op = Op(OpKind.HARD_SWISH, ("x",), ("y",), NoAttrs(), 0)
+    x_q = rng.integers(-128, 128, shape).astype(np.int8)
+    bp = prepare_backward(op, (x_t,), (y_t,), BackwardRequest(frozenset({0})))
+    assert bp.save_input and bp.clamp is None and not bp.mask_input
+    saved = save_forward(bp, [x_q], [np.zeros(shape, np.int8)])
+    assert saved.x_sub is not None and np.array_equal(saved.x_sub, x_q) and saved.mask is None
+    g = upstream(rng, shape)
+    res = run_backward(bp, g, saved)
+    x = tf.Variable(f32(deq(x_q, scale, zp)))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(x * tf.nn.relu6(x + 3.0) / 6.0 * f32(grad_to_float(g)))
+    dx = tape.gradient(loss, x).numpy().astype(np.float64)
+    ours = grad_to_float(res.input_grads[0])
+    np.testing.assert_allclose(ours, dx, rtol=0, atol=2e-3 * np.abs(dx).max())
+    # the sign rule is a different (approximate) gradient
+    sign = run_backward(
+        prepare_backward(op, (x_t,), (y_t,), BackwardRequest(frozenset({0}), sign_act=True)),
+        g,
+        save_forward(prepare_backward(op, (x_t,), (y_t,), BackwardRequest(frozenset({0}), sign_act=True)), [x_q], []),
+    )
+    assert not np.allclose(grad_to_float(sign.input_grads[0]), dx, rtol=0, atol=2e-3 * np.abs(dx).max())
 
 
 # ------------------------------------------------------------------------ memory

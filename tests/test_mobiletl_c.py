@@ -25,9 +25,12 @@ from tinytrain.testing.c_hard_swish import (
     declare_hard_swish,
     hard_swish_c_params,
     run_c_hard_swish,
+    run_c_hard_swish_bwd,
     run_c_sign_mask,
 )
 from tinytrain.testing.cbuild import RUNTIME_INCLUDE, RUNTIME_SRC, build_shared
+from tinytrain.train.kernels.act_bwd import hard_swish_input_grad, prepare_hard_swish_backward
+from tinytrain.train.kernels.gradient import Grad
 from tinytrain.train.kernels.mask import SIGN_MASK_HI, clamp_mask, sign_mask
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
@@ -130,12 +133,50 @@ def test_sign_mask_keeps_saturated_top_values() -> None:
         sign_mask(y, 128)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_hard_swish_backward_matches_numpy(lib: ctypes.CDLL, seed: int) -> None:
+    """tt_hard_swish_bwd_s16 (the exact derivative from the saved int8 input) against
+    act_bwd.hard_swish_input_grad: random, all-zero and one-hot gradients, every input value."""
+    rng = np.random.default_rng(seed)
+    s_in = float(np.exp(rng.uniform(np.log(0.005), np.log(0.2))))
+    z_in = int(rng.integers(-128, 128))
+    p = prepare_hard_swish_backward(OP, (_act("x", s_in, z_in),), (_act("y", 0.05, 0),))
+    n = int(rng.integers(1, 3000))
+    x = rng.integers(-128, 128, n).astype(np.int8)
+    x[: min(n, 256)] = ALL[: min(n, 256)]
+    e_y = int(rng.integers(-40, 10))
+    cases = [rng.integers(-(2**14), 2**14 + 1, n), np.zeros(n), np.eye(1, n, int(rng.integers(0, n)))[0] * -(2**14)]
+    for g in cases:
+        g_y = Grad(np.asarray(g, dtype=np.int16), e_y)
+        ref = hard_swish_input_grad(p, g_y, x)
+        got, e = run_c_hard_swish_bwd(lib, p.deriv, g_y.g, e_y, x)
+        assert np.array_equal(got, ref.g) and e == ref.e
+    g16 = np.zeros(1, np.int16)
+    e_out = ctypes.c_int32(0)
+
+    def call(deriv: np.ndarray, e_y: int) -> int:
+        return int(
+            lib.tt_hard_swish_bwd_s16(
+                deriv.ctypes.data, g16.ctypes.data, e_y, x.ctypes.data, 1, g16.ctypes.data, ctypes.byref(e_out)
+            )
+        )
+
+    assert call(p.deriv, 0) == 0
+    assert call(p.deriv, (1 << 30) + 1) != 0  # exponent out of range
+    bad = np.array(p.deriv, copy=True)
+    bad[3] = 1 << 15  # above 1.5 * 2^14
+    assert call(bad, 0) != 0
+    y = np.zeros_like(x)
+    assert lib.tt_copy_s8(x.ctypes.data, n, y.ctypes.data) == 0 and np.array_equal(x, y)
+
+
 def test_source_rules_and_cortex_m4_build(tmp_path: Path) -> None:
     text = SOURCE.read_text()
     for word in ("float", "double", "malloc", "printf"):
         assert not re.search(rf"\b{word}\b", text), word
     assert "Twin of tinytrain.sim.kernels.nl_activations.run_hard_swish" in text
     assert "Twin of tinytrain.train.kernels.mask.sign_mask" in text
+    assert "Twin of tinytrain.train.kernels.act_bwd.hard_swish_input_grad" in text
     cc = shutil.which("arm-none-eabi-gcc")
     if cc is None:
         pytest.skip("arm-none-eabi-gcc not installed")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+import ray
 
 from tinytrain.cli import main
 from tinytrain.search import EvolutionConfig, SearchOptions, SearchResult, search
@@ -27,9 +28,9 @@ INTERRUPT_AFTER = 3
 OPTIONS = SearchOptions(
     blocks=1,
     ratios=(0.5, 1.0),
-    probe_samples=48,
-    val_samples=96,
-    long_samples=96,
+    probe_samples=32,
+    val_samples=64,
+    long_samples=64,
     lr=0.005,
     metric="loss",
     top=2,
@@ -117,11 +118,13 @@ def test_interrupted_search_resumes_from_its_cache(searched: Searched) -> None:
 
 
 def test_ray_executor_chooses_as_the_local_one(searched: Searched) -> None:
-    ray = pytest.importorskip("ray")
-    small = {"evals": 3, "options": OPTIONS.__class__(**{**OPTIONS.__dict__, "top": 1, "baselines": ()})}
-    local = _search(searched.model, searched.cache, **small)  # its runs are in the session cache
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # a smaller search (two probes, a short evolution, one validation run, no baseline)
+    # keeps Ray's start-up the main cost
+    evolution = EvolutionConfig(population=4, generations=2, elite=2)
+    small = {"evals": 2, "options": replace(OPTIONS, top=1, baselines=(), evolution=evolution)}
+    local = _search(searched.model, searched.cache, **small)  # its probes are in the session cache
     try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         remote = _search(searched.model, None, executor="ray", jobs=2, **small)
     finally:
         ray.shutdown()
@@ -138,8 +141,8 @@ def test_cli_search_writes_a_scheme_compile_accepts(searched: Searched, tmp_path
     shutil.copytree(searched.cache, cache)
     argv = [
         "search", str(searched.model), "--sram", f"{SRAM}", "--classes", "10", "--sample-shape", "28x28",
-        "--jobs", "1", "--blocks", "1", "--ratios", "1/2,1", "--probe-samples", "48", "--val-samples", "96",
-        "--long-samples", "96", "--lr", "0.005", "--metric", "loss", "--top", "2", "--population", "10",
+        "--jobs", "1", "--blocks", "1", "--ratios", "1/2,1", "--probe-samples", "32", "--val-samples", "64",
+        "--long-samples", "64", "--lr", "0.005", "--metric", "loss", "--top", "2", "--population", "10",
         "--generations", "6", "--elite", "4", "--baselines", "bias-only", "--cache", str(cache), "-o", str(out),
         "--quiet",
     ]  # fmt: skip

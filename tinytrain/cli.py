@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from codegen.backends import RunResult, RunSpec
     from tinytrain.train.compile import Compiled
     from tinytrain.train.data import Dataset
+    from tinytrain.train.dgsu import RowCoverage
     from tinytrain.train.loop import TrainConfig, TrainReport
 
 BUILD_TARGETS = ("host", "qemu-m4", "qemu-m7", "stm32f746g-disco", "nrf52840")
@@ -153,6 +154,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from tinytrain.report import progress_bar
     from tinytrain.train.compile import load_artifact
     from tinytrain.train.data import Dataset, load_dataset
+    from tinytrain.train.dgsu import RowCoverage
     from tinytrain.train.kernels.schedule import Schedule
     from tinytrain.train.loop import TrainConfig, Trainer
     from tinytrain.train.reporting import plot_curves, print_report
@@ -168,11 +170,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     total = args.epochs * len(train)
     quiet = args.json or args.quiet
     tensors: dict[str, np.ndarray]
+    coverage: RowCoverage | None = None
     if args.backend == "sim":
         trainer = Trainer(
             compiled.program, train.sample_shape, seed=args.seed, batch=compiled.options.batch,
             momentum_q15=compiled.options.momentum_q15,
         )
+        if compiled.scheme.dynamic:  # DGSU: count the rows the run trains (plan.json has the static figures)
+            coverage = RowCoverage(compiled.scheme)
+            trainer.executor.observer = coverage
         with progress_bar("train", total, quiet=quiet) as advance:
             report = trainer.fit(train, test_ds if len(test_ds) else None, config, lambda *_: advance(1))
         tensors = trainer.executor.trained_tensors()
@@ -193,12 +199,25 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                     "test_accuracy_per_epoch": [e.test_accuracy for e in report.epochs],
                     "steps": report.steps,
                     "scheme": compiled.scheme.name,
+                    **_dgsu_json(coverage, report.steps),
                 }
             )
         )
     elif not args.quiet:
         print_report(report, Console())
     return 0
+
+
+def _dgsu_json(coverage: RowCoverage | None, steps: int) -> dict[str, Any]:
+    """The DGSU figures of a simulated run: conv weights updated per step (mean) and over the run."""
+    if coverage is None:
+        return {}
+    return {
+        "dgsu": {
+            "fraction_per_step": coverage.fraction_per_step(steps),
+            "fraction_over_run": coverage.fraction_over_run(),
+        }
+    }
 
 
 def _sample_shape(compiled: Compiled, text: str | None) -> tuple[int, ...]:
@@ -525,7 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compile", help="build a static training program and its memory plan")
     s.add_argument("model", help=".tflite model or MCUNet .pkl checkpoint")
     s.add_argument(
-        "--scheme", required=True, help="preset (last-layer, bias-only, last-k:K, tte, full) or a YAML/JSON file"
+        "--scheme",
+        required=True,
+        help="preset (last-layer, bias-only, last-k:K, tte, full, mobiletl:blocks=K, dgsu:ratio=R, dgsu-layers) "
+        "or a YAML/JSON file",
     )
     s.add_argument("--classes", type=int, help="replace the classifier by an N-class head")
     s.add_argument("--head-init", choices=("zero", "seeded"), default="zero")

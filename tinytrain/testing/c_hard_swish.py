@@ -68,6 +68,10 @@ def declare_hard_swish(lib: ctypes.CDLL) -> None:
     lib.tt_hard_swish_s8.restype = i32
     lib.tt_sign_mask_s8.argtypes = (vp, i32, i32, vp)
     lib.tt_sign_mask_s8.restype = i32
+    lib.tt_hard_swish_bwd_s16.argtypes = (vp, vp, i32, vp, i32, vp, vp)
+    lib.tt_hard_swish_bwd_s16.restype = i32
+    lib.tt_copy_s8.argtypes = (vp, i32, vp)
+    lib.tt_copy_s8.restype = i32
 
 
 def _vp(a: np.ndarray) -> int:
@@ -92,3 +96,18 @@ def run_c_sign_mask(lib: ctypes.CDLL, v: np.ndarray, zero: int) -> np.ndarray:
     if status != 0:
         raise UsageError(f"tt_sign_mask_s8 failed with status {status}")
     return mask
+
+
+def run_c_hard_swish_bwd(
+    lib: ctypes.CDLL, deriv: np.ndarray, g_y: np.ndarray, e_y: int, x: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """``tt_hard_swish_bwd_s16``: (g_x mantissas, e_x) of the exact HARD_SWISH backward."""
+    d = np.ascontiguousarray(deriv, dtype=np.int32)
+    g = np.ascontiguousarray(g_y, dtype=np.int16).reshape(-1)
+    xs = np.ascontiguousarray(x, dtype=np.int8).reshape(-1)
+    out = np.full(g.size, 0x5A5A, dtype=np.int16)
+    e = ctypes.c_int32(0)
+    status = lib.tt_hard_swish_bwd_s16(_vp(d), _vp(g), e_y, _vp(xs), g.size, _vp(out), ctypes.byref(e))
+    if status != 0:
+        raise UsageError(f"tt_hard_swish_bwd_s16 failed with status {status}")
+    return out.reshape(np.shape(g_y)), int(e.value)

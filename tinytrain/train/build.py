@@ -174,7 +174,7 @@ def build_training_program(graph: Graph, scheme: ResolvedScheme) -> TrainingProg
     # internal activations is needed whole: in the frozen stage, and in the live part when
     # the backward only needs the clamp masks of the block's ops (the fused kernel emits
     # them row by row) but no saved input channels.
-    keep = {str(s.target(0)) for s in steps if s.params.save_channels}
+    keep = {str(s.target(0)) for s in steps if s.params.save_channels or s.params.save_input}
     fused = fuse_frozen_blocks(graph, len(graph.ops), keep=keep)
     return TrainingProgram(
         graph=graph,

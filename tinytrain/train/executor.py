@@ -191,14 +191,15 @@ class Executor:
         return replace(graph, tensors=tensors)
 
     def trained_tensors(self) -> dict[str, np.ndarray]:
-        """Every trained tensor by its model tensor name."""
+        """Every trained tensor by its model tensor name, then the DGSU state tensors
+        (``dgsu_age:<layer>``, ``dgsu_layer_*``: training state a resumed run needs)."""
         graph = self.program.graph
         out: dict[str, np.ndarray] = {}
         for i, w in self.weights.items():
             out[str(graph.ops[i].inputs[1])] = w
         for i, b in self.biases.items():
             out[str(graph.ops[i].inputs[2])] = b
-        out.update(self.dgsu_state)
+        out.update({k: v.copy() for k, v in self.dgsu_state.items()})  # DGSU state (tinytrain/train/dgsu.py)
         return out
 
     def load_tensors(self, tensors: Mapping[str, np.ndarray]) -> None:
@@ -240,7 +241,9 @@ class Executor:
                 if obs is not None:
                     obs("act", i, name, y)
             bstep = program.backward_of(i)
-            if bstep is not None and (bstep.params.clamp is not None or bstep.params.save_channels):
+            if bstep is not None and (
+                bstep.params.clamp is not None or bstep.params.save_channels or bstep.params.save_input
+            ):
                 src = bstep.target(0)
                 if src is not None and src != op.inputs[0]:
                     args = [values[src], *args[1:]]

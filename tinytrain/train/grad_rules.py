@@ -39,7 +39,7 @@ import numpy as np
 from tinytrain.errors import UsageError
 from tinytrain.ir.ops import Op, OpKind
 from tinytrain.sim.kernel_spec import Inputs, Outputs
-from tinytrain.train.kernels import linear_bwd, pool_bwd, shape_bwd
+from tinytrain.train.kernels import act_bwd, linear_bwd, pool_bwd, shape_bwd
 from tinytrain.train.kernels.gradient import Grad
 from tinytrain.train.kernels.mask import SIGN_MASK_HI, apply_mask, clamp_mask
 from tinytrain.train.kernels.update import UpdateParams, prepare_update, update_bias, update_weights
@@ -84,7 +84,9 @@ class GradRule:
     run: RunFn
     clamp_mask: bool = False
     trainable: bool = False
-    sign_only: bool = False  # an activation whose backward is MobileTL's sign rule on its input
+    # An activation op (HARD_SWISH): under the sign rule the mask is of input 0 and the masked
+    # gradient passes unchanged; otherwise the exact rule reads input 0, saved whole.
+    activation: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,6 +102,7 @@ class BackwardParams:
     # The mask (lo < v < hi with clamp = (lo, hi)) is of input 0 instead of output 0
     # (HARD_SWISH's sign rule: clamp = (input zero point, SIGN_MASK_HI)).
     mask_input: bool = False
+    save_input: bool = False  # the forward saves input 0 whole (int8): the exact HARD_SWISH backward
 
     @property
     def save_channels(self) -> tuple[int, ...]:
@@ -141,18 +144,19 @@ def _unary(fn: Callable[[Any, Grad], Grad]) -> RunFn:
     return run
 
 
-def _prepare_sign_act(op: Op, inputs: Inputs, outputs: Outputs) -> int:
-    """The input zero point of an int8 activation op whose backward is the sign rule."""
-    x = inputs[0]
-    if x is None or x.quant is None or x.dtype.is_float or len(outputs) != 1 or outputs[0].shape != x.shape:
-        raise UsageError(f"{op.describe()}: the sign-rule backward needs an int8 input of the output's shape")
-    return int(x.quant.zero_point[0])
-
-
-def _pass_through(kp: int, g: Grad, saved: Saved, w: np.ndarray | None, req: BackwardRequest) -> BackwardResult:
-    """The (already masked) output gradient is the input gradient: the sign rule's
-    derivative is 1 where the mask is set (and the input and output are both real values)."""
-    return BackwardResult({0: g} if 0 in req.input_grads else {}, param_exponent=g.e)
+def _hard_swish(
+    kp: act_bwd.HardSwishBwdParams, g: Grad, saved: Saved, w: np.ndarray | None, req: BackwardRequest
+) -> BackwardResult:
+    """Sign rule: the (already masked) output gradient is the input gradient (derivative 1
+    where the bit is set; input and output are both real values). Exact: g·D[x] from the
+    saved int8 input (kernels/act_bwd.py)."""
+    if 0 not in req.input_grads:
+        return BackwardResult({}, param_exponent=g.e)
+    if req.sign_act:
+        return BackwardResult({0: g}, param_exponent=g.e)
+    if saved.x_sub is None:
+        raise UsageError("the exact HARD_SWISH backward needs its input saved in the forward pass")
+    return BackwardResult({0: act_bwd.hard_swish_input_grad(kp, g, saved.x_sub)}, param_exponent=g.e)
 
 
 _LINEAR = GradRule((0,), linear_bwd.prepare_linear_backward, _linear, clamp_mask=True, trainable=True)
@@ -173,7 +177,7 @@ GRAD_RULES: MappingProxyType[OpKind, GradRule] = MappingProxyType(
         OpKind.RESHAPE: _RESHAPE,
         OpKind.SQUEEZE: _RESHAPE,
         OpKind.EXPAND_DIMS: _RESHAPE,
-        OpKind.HARD_SWISH: GradRule((0,), _prepare_sign_act, _pass_through, sign_only=True),
+        OpKind.HARD_SWISH: GradRule((0,), act_bwd.prepare_hard_swish_backward, _hard_swish, activation=True),
     }
 )
 
@@ -202,18 +206,18 @@ def prepare_backward(op: Op, inputs: Inputs, outputs: Outputs, request: Backward
         if len(set(ch)) != len(ch) or min(ch) < 0 or max(ch) >= n:
             raise UsageError(f"{op.describe()}: weight channels must be distinct indices in [0, {n}), got {list(ch)}")
     clamp = kernel.clamp if rule.clamp_mask else None
-    mask_input = False
-    if rule.sign_only:
-        if not request.sign_act:
-            raise UsageError(
-                f"{op.describe()}: {op.kind.value} has only MobileTL's sign-rule gradient "
-                "(scheme mobiletl with act=sign); its exact derivative is not implemented"
-            )
-        clamp, mask_input = (int(kernel), SIGN_MASK_HI), True
+    mask_input = save_input = False
+    if rule.activation and 0 in request.input_grads:
+        x = inputs[0]
+        assert x is not None and x.quant is not None  # checked by rule.prepare
+        if request.sign_act:  # 1 bit: input > its zero point
+            clamp, mask_input = (int(x.quant.zero_point[0]), SIGN_MASK_HI), True
+        else:  # 8 bits: the input itself
+            save_input = True
     elif clamp is not None and request.sign_act and _relu_floor(outputs, clamp):
         clamp = (clamp[0], SIGN_MASK_HI)  # y > act_min: the pre-activation was > 0
     update = prepare_update(op, inputs, outputs) if trains else None
-    return BackwardParams(op, rule, request, kernel, clamp, update, mask_input)
+    return BackwardParams(op, rule, request, kernel, clamp, update, mask_input, save_input)
 
 
 def _relu_floor(outputs: Outputs, clamp: tuple[int, int]) -> bool:
@@ -233,7 +237,11 @@ def save_forward(bp: BackwardParams, args: Sequence[np.ndarray | None], outs: Se
             raise UsageError(f"{bp.op.describe()}: the forward input is needed for its mask")
         mask = clamp_mask(src, *bp.clamp)
     x_sub = None
-    if bp.save_channels:
+    if bp.save_input:
+        if args[0] is None:
+            raise UsageError(f"{bp.op.describe()}: the forward input is needed to save it")
+        x_sub = act_bwd.save_hard_swish_input(args[0])
+    elif bp.save_channels:
         x = args[0]
         if x is None:
             raise UsageError(f"{bp.op.describe()}: the forward input is needed to save its channels")

@@ -162,6 +162,8 @@ def program_memory(
             x_name = part.target(0)
             assert x_name is not None
             x = graph.tensor(x_name)
+            if part.params.save_input:  # the exact HARD_SWISH backward reads its int8 input
+                requests.append(BufferRequest(f"saved:{x_name}@{part.op_index}", x.size, fs, s, BufferKind.SAVED))
             if part.params.save_channels:
                 per_channel = x.size // x.shape[-1]
                 size = per_channel * len(part.params.save_channels)

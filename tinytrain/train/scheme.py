@@ -4,6 +4,10 @@ A scheme says, per trainable (linear) layer: ``frozen``, ``bias`` (bias only), `
 (weights and bias) or ``channels`` (bias and the weights of a subset of the *input*
 channels, given as a ratio in (0, 1] or a count; as in tiny-training, the first
 channels). Layers not named take the scheme's ``default`` (``frozen`` unless set).
+``dynamic`` (DGSU, docs/schemes.md): bias and ``k`` weight rows (output channels) chosen
+anew at every step (``ratio``/``count``, optional ``explore``); a scheme-level
+``layer_budget: M`` (optional ``layer_explore``) lets only M dynamic layers update their
+weights per step.
 
 Schemes come from a YAML/JSON file::
 
@@ -16,7 +20,8 @@ Schemes come from a YAML/JSON file::
 
 or from a preset name with optional parameters: ``last-layer``, ``bias-only``,
 ``last-k:K``, ``tte[:bias=N,weights=I+J+K,ratios=R+S+T]``, ``full``,
-``mobiletl:blocks=K[,act=sign|exact]``.
+``mobiletl:blocks=K[,act=sign|exact]``, ``dgsu:ratio=R[,…]``, ``dgsu-layers[:…]``
+(tinytrain/train/scheme_dgsu.py).
 """
 
 from __future__ import annotations

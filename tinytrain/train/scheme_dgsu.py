@@ -25,7 +25,7 @@ from tinytrain.ir.ops import OpKind
 from tinytrain.train.layers import Layer, resolve_layer
 from tinytrain.train.scheme import LayerRule, Scheme, Update, _blocks, _int, _params, _split_list
 
-DGSU_DEFAULT_BLOCKS = 4  # measured: see docs/schemes.md, "DGSU"
+DGSU_DEFAULT_BLOCKS = 3  # measured: see docs/schemes.md, "DGSU" (B = 4 plans fit, its firmware does not)
 DGSU_DEFAULT_LAYERS = 2
 DGSU_DEFAULT_EXPLORE = 0.25
 
@@ -55,7 +55,8 @@ def _candidates(name: str, p: dict[str, str], layers: tuple[Layer, ...]) -> tupl
     if "weights" in p:
         if "blocks" in p:
             raise UsageError(f"{name}: give 'blocks' or 'weights', not both")
-        idx = sorted({resolve_layer(layers, _int(v, f"{name} weights index")).index for v in _split_list(p["weights"])})
+        refs = _layer_list(p["weights"])
+        idx = sorted({resolve_layer(layers, _int(v, f"{name} weights index")).index for v in refs})
         if not idx:
             raise UsageError(f"{name}: 'weights' lists no layer")
         first = idx[0]
@@ -73,6 +74,14 @@ def _candidates(name: str, p: dict[str, str], layers: tuple[Layer, ...]) -> tupl
     if not idx:
         raise UsageError(f"{name}: the last {nb} blocks have no 1×1 conv")
     return idx, min(chosen[0].values())
+
+
+def _layer_list(text: str) -> list[str]:
+    """Layer indices joined by '+' (or '-', as tte's lists); one index keeps its sign (``weights=-3``)."""
+    t = text.strip()
+    if t.lstrip("-").isdigit():
+        return [t]
+    return _split_list(t)
 
 
 def _explore(p: dict[str, str], name: str) -> float:

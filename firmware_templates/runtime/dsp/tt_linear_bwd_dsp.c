@@ -148,6 +148,35 @@ static void sub_correction(const tt_linear_bwd_params *p, uint32_t *acc, const i
     }
 }
 
+/* The rows of a group (axpy4 / axpy1 over the whole row) where the trained channels are the
+ * contiguous range [c0, c0 + n) (c0 >= 0, srows: the rows' slices of current weights): the
+ * row before and after the range, the slice inside it. For c in the range the reference adds
+ * row[c] gp and then its correction (srow[c - c0] - row[c]) gp: modulo 2^32 that is srow gp. */
+static void axpy4_split(uint32_t *acc, const int8_t *const rows[4], const int8_t *const srows[4], const int32_t gps[4],
+                        int32_t cin, int32_t c0, int32_t n) {
+    if (c0 > 0) {
+        axpy4(acc, rows, gps, c0);
+    }
+    axpy4(acc + c0, srows, gps, n);
+    const int32_t e = c0 + n;
+    if (e < cin) {
+        const int8_t *const after[4] = {rows[0] + e, rows[1] + e, rows[2] + e, rows[3] + e};
+        axpy4(acc + e, after, gps, cin - e);
+    }
+}
+
+static void axpy1_split(uint32_t *acc, const int8_t *row, const int8_t *srow, int32_t gp, int32_t cin, int32_t c0,
+                        int32_t n) {
+    if (c0 > 0) {
+        axpy1(acc, row, gp, c0);
+    }
+    axpy1(acc + c0, srow, gp, n);
+    const int32_t e = c0 + n;
+    if (e < cin) {
+        axpy1(acc + e, row + e, gp, cin - e);
+    }
+}
+
 /* The int32 sums (modulo 2^32) of input pixel pos of a 1x1, stride-1, unpadded conv with
  * out == in (the pixel reads g_y row pos only) into acc[in_c]: the non-zero g' taken four
  * rows at a time (axpy4), the rows left over one by one, the trained-channel corrections
@@ -187,6 +216,61 @@ static void conv1x1_pixel(const tt_linear_bwd_params *p, const int8_t *w, const 
     for (int32_t j = 0; j < k; ++j) {
         axpy1(acc, rows[j], gps[j], cin);
     }
+}
+
+/* conv1x1_pixel when the trained channels are c0 .. c0 + n - 1 in order (w_sub != NULL):
+ * the slices read in place of the corrections (axpy4_split / axpy1_split). */
+static void conv1x1_pixel_split(const tt_linear_bwd_params *p, const int8_t *w, const int8_t *w_sub, int32_t c0,
+                                const int16_t *gy, uint32_t *acc) {
+    const int32_t cin = p->in_c, cout = p->out_c, n = p->n_channels;
+    const int32_t shift = Q15_BITS + p->drop; /* 15..29 */
+    const int32_t half = (int32_t)1 << (shift - 1);
+    const int32_t *mu = p->mu;
+    for (int32_t i = 0; i < cin; ++i) {
+        acc[i] = 0u;
+    }
+    const int8_t *rows[4];
+    const int8_t *srows[4];
+    int32_t gps[4];
+    int32_t k = 0;
+    for (int32_t o = 0; o < cout; ++o) {
+        const int32_t g = gy[o];
+        if (g == 0) {
+            continue;
+        }
+        const int32_t gp = dsp_rdbpot(g * mu[o], shift, half);
+        if (gp == 0) {
+            continue;
+        }
+        rows[k] = w + o * cin;
+        srows[k] = w_sub + o * n;
+        gps[k] = gp;
+        if (++k == 4) {
+            axpy4_split(acc, rows, srows, gps, cin, c0, n);
+            k = 0;
+        }
+    }
+    for (int32_t j = 0; j < k; ++j) {
+        axpy1_split(acc, rows[j], srows[j], gps[j], cin, c0, n);
+    }
+}
+
+/* c0 when the trained channels are c0, c0 + 1, ..., c0 + n - 1 (within in_c), else -1. */
+static int32_t contiguous_channels(const tt_linear_bwd_params *p) {
+    const int32_t n = p->n_channels;
+    if (n <= 0 || p->channels == NULL) {
+        return -1;
+    }
+    const int32_t c0 = p->channels[0];
+    if (c0 < 0 || c0 > p->in_c - n) {
+        return -1;
+    }
+    for (int32_t j = 1; j < n; ++j) {
+        if (p->channels[j] != c0 + j) {
+            return -1;
+        }
+    }
+    return c0;
 }
 
 /*
@@ -293,10 +377,15 @@ static int32_t conv1x1_input_grad(const tt_linear_bwd_params *p, const int8_t *w
                                   const int16_t *g_y, int16_t *g_x, uint32_t *acc) {
     const int32_t cin = p->in_c, cout = p->out_c;
     const int32_t positions = p->in_h * p->in_w;
+    const int32_t c0 = w_sub != NULL ? contiguous_channels(p) : -1;
     sp_state st;
     sp_init(&st);
     for (int32_t pos = 0; pos < positions; ++pos) {
-        conv1x1_pixel(p, w, w_sub, g_y + pos * cout, acc);
+        if (c0 >= 0) {
+            conv1x1_pixel_split(p, w, w_sub, c0, g_y + pos * cout, acc);
+        } else {
+            conv1x1_pixel(p, w, w_sub, g_y + pos * cout, acc);
+        }
         sp_store(&st, pos, acc, cin, g_x + pos * cin);
     }
     const int32_t r = tt_grad_shift_u32(st.m, TT_GRAD_BITS);

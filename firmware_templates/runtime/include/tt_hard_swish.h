@@ -35,4 +35,16 @@ tt_status tt_hard_swish_s8(const tt_hard_swish_params *p, const int8_t *x, int32
  */
 tt_status tt_sign_mask_s8(const int8_t *v, int32_t n, int32_t zero, uint8_t *mask);
 
+/*
+ * The exact HARD_SWISH backward (numpy: tinytrain.train.kernels.act_bwd): g_x = normalize(
+ * g_y[i] * deriv[x[i] + 128], e_y - 14) over n elements, deriv the compile-time table of
+ * round(d(real x) * 2^14) (|deriv| <= 3 * 2^13). Two passes (max, then the values), so g_x
+ * may be g_y. TT_ERR_RANGE when e_y is outside the gradient exponent range.
+ */
+tt_status tt_hard_swish_bwd_s16(const int32_t *deriv, const int16_t *g_y, int32_t e_y, const int8_t *x, int32_t n,
+                                int16_t *g_x, int32_t *e_x);
+
+/* y[i] = x[i] for n bytes (the HARD_SWISH input saved for the exact backward; numpy: act_bwd.save_hard_swish_input). */
+tt_status tt_copy_s8(const int8_t *x, int32_t n, int8_t *y);
+
 #endif /* TT_HARD_SWISH_H */

@@ -3,6 +3,9 @@
  */
 #include "tt_hard_swish.h"
 
+#include "tt_grad.h"
+#include "tt_internal.h"
+
 /* Two's-complement wrap of an int64 to int16 (numpy: nl_fixedpoint.wrap_int16). */
 static int32_t wrap16(int64_t v) {
     uint32_t u = (uint32_t)((uint64_t)v & 0xFFFFu);
@@ -116,6 +119,52 @@ tt_status tt_sign_mask_s8(const int8_t *v, int32_t n, int32_t zero, uint8_t *mas
     }
     if (bit != 0) {
         mask[byte] = (uint8_t)cur;
+    }
+    return TT_OK;
+}
+
+#define TT_HSWISH_DERIV_BITS 14
+#define TT_HSWISH_DERIV_MAX (3 << 13) /* 1.5 * 2^14 */
+
+/* One pass of the exact backward: the maximum of |g_y * D[x]| (write = 0), or the values. */
+static uint64_t hswish_bwd_pass(const int32_t *deriv, const int16_t *g_y, const int8_t *x, int32_t n, int16_t *g_x,
+                                int32_t r, int32_t write) {
+    uint64_t m = 0u;
+    for (int32_t i = 0; i < n; ++i) {
+        int64_t acc = (int64_t)g_y[i] * (int64_t)deriv[(int32_t)x[i] + 128];
+        tt_grad_pass_elem(acc, r, write, &g_x[i], &m);
+    }
+    return m;
+}
+
+/* Twin of tinytrain.train.kernels.act_bwd.hard_swish_input_grad. */
+tt_status tt_hard_swish_bwd_s16(const int32_t *deriv, const int16_t *g_y, int32_t e_y, const int8_t *x, int32_t n,
+                                int16_t *g_x, int32_t *e_x) {
+    if (deriv == NULL || e_x == NULL || n < 0 || (n > 0 && (g_y == NULL || x == NULL || g_x == NULL))) {
+        return TT_ERR_ARG;
+    }
+    for (int32_t q = 0; q < 256; ++q) {
+        if (deriv[q] < -TT_HSWISH_DERIV_MAX || deriv[q] > TT_HSWISH_DERIV_MAX) {
+            return TT_ERR_ARG;
+        }
+    }
+    if (!tt_grad_exp_ok(e_y)) {
+        return TT_ERR_RANGE;
+    }
+    uint64_t m = hswish_bwd_pass(deriv, g_y, x, n, g_x, 0, 0);
+    int32_t r = tt_grad_shift_u64(m, TT_GRAD_BITS);
+    (void)hswish_bwd_pass(deriv, g_y, x, n, g_x, r, 1);
+    *e_x = e_y - TT_HSWISH_DERIV_BITS + r;
+    return TT_OK;
+}
+
+/* Twin of tinytrain.train.kernels.act_bwd.save_hard_swish_input. */
+tt_status tt_copy_s8(const int8_t *x, int32_t n, int8_t *y) {
+    if (n < 0 || (n > 0 && (x == NULL || y == NULL))) {
+        return TT_ERR_ARG;
+    }
+    for (int32_t i = 0; i < n; ++i) {
+        y[i] = x[i];
     }
     return TT_OK;
 }
