@@ -238,6 +238,9 @@ def with_weights(graph: Graph, weights: Mapping[str, np.ndarray]) -> Graph:
     a new head, on the model file itself."""
     from dataclasses import replace
 
+    from tinytrain.train.dgsu import is_state_name
+
+    weights = {k: v for k, v in weights.items() if not is_state_name(k)}  # DGSU selection state: not a weight
     by_name = {t.name: t for t in graph.tensors}
     for name, arr in weights.items():
         t = by_name.get(name)

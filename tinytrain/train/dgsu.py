@@ -35,6 +35,11 @@ class StateTensor:
     initial: np.ndarray  # dtype and shape of the tensor
 
 
+def is_state_name(name: str) -> bool:
+    """Whether a trained-tensor name is DGSU selection state (not a model weight)."""
+    return name.startswith("dgsu_")
+
+
 def age_name(plan: LayerPlan) -> str:
     return f"dgsu_age:{plan.layer.name}"
 
