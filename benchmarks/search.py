@@ -31,20 +31,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-SHARED_PKL = ROOT.parent.parent / "shared" / "models" / "mbv2-w0.35.pkl"
 KB = 1024
-MODELS = {
-    "shipped": "MobileNetV2-w0.35 @128, Fashion-MNIST 0-4 pretrained (shipped)",
-    "imagenet": "MobileNetV2-w0.35 @128, ImageNet (tiny-training .pkl)",
-}
-
-
-def model_path(key: str) -> Path | None:
-    from tinytrain.models.ship import shipped
-
-    if key == "shipped":
-        return shipped("mbv2-w0.35-128-fmnist04-int8.tflite")
-    return SHARED_PKL if SHARED_PKL.exists() else None
+sys.path.insert(0, str(ROOT))
+from train_fmnist import MODELS, model_path  # noqa: E402  (the same two models as the training benchmark)
 
 
 def options(args: argparse.Namespace) -> Any:

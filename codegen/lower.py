@@ -596,30 +596,12 @@ def _linear_update(b: _Builder, st: BackwardStep, gy: ArenaPtr, ey: ArenaValue) 
         _dgsu_update(b, st, gy, ey)
         return
     op = st.op
-    i = st.op_index
     req = st.params.request
     desc = op.describe()
     lb = _linear_bwd(b, st)
     up, rows = _update_struct(b, st)
     if req.weight_channels:
-        w_name = str(op.inputs[1])
-        src = str(st.target(0))
-        row = b.arena(f"wgrad-row:{w_name}", "int64_t")
-        w_train = b.arena(f"train:{w_name}", "int8_t")
-        body = (
-            Call(
-                "tt_linear_bwd_weight_row_s16",
-                "weight-gradient row",
-                (lb, gy, b.arena(f"saved:{src}@{i}", "int8_t"), Local("row"), row),
-                "backward",
-            ),
-            Call(
-                "tt_update_weight_row_s8",
-                "SGD step of the row",
-                (up, Local("&step"), Local("row"), row, ey, w_train, Local("prng")),
-                "backward",
-            ),
-        )
+        body = _weight_row_body(b, st, lb, up, gy, ey)
         b.items.append(Loop(rows, f"weights of {desc}: one row at a time", body, "backward"))
     if req.bias:
         b_name = str(op.inputs[2])
@@ -632,12 +614,28 @@ def _linear_update(b: _Builder, st: BackwardStep, gy: ArenaPtr, ey: ArenaValue) 
     _record_trained(b, st)
 
 
+def _weight_row_body(b: _Builder, st: BackwardStep, lb: Arg, up: Arg, gy: ArenaPtr, ey: ArenaValue) -> tuple[Call, ...]:
+    """The body of a loop over weight rows (index ``row``): the row's weight gradient into
+    ``wgrad-row:``, then its SGD step on the trainable slice."""
+    w_name = str(st.op.inputs[1])
+    row = b.arena(f"wgrad-row:{w_name}", "int64_t")
+    saved = b.arena(f"saved:{st.target(0)}@{st.op_index}", "int8_t")
+    return (
+        Call("tt_linear_bwd_weight_row_s16", "weight-gradient row", (lb, gy, saved, Local("row"), row), "backward"),
+        Call(
+            "tt_update_weight_row_s8",
+            "SGD step of the row",
+            (up, Local("&step"), Local("row"), row, ey, b.arena(f"train:{w_name}", "int8_t"), Local("prng")),
+            "backward",
+        ),
+    )
+
+
 def _dgsu_update(b: _Builder, st: BackwardStep, gy: ArenaPtr, ey: ArenaValue) -> None:
     """The SGD step of a DGSU layer (the executor's ``_dgsu_update``): its int64 bias
     gradient, the row selection (ages; the layer's flag of this step's layer selection),
     the chosen rows one at a time in ascending order, the whole bias, the layer signal."""
     op = st.op
-    i = st.op_index
     plan = st.layer
     assert plan is not None and plan.dynamic is not None
     d = plan.dynamic
@@ -656,22 +654,7 @@ def _dgsu_update(b: _Builder, st: BackwardStep, gy: ArenaPtr, ey: ArenaValue) ->
     chosen = b.arena(sel_buf, "uint8_t", chosen_at)
     args = (bgrad, Lit(d.rows), age, Lit(d.k), Lit(d.explore), active, chosen, sel, count)
     b.call("tt_select_dgsu_rows", f"the {d.k} of {d.rows} rows of {desc} to update", args, "backward")
-    src = str(st.target(0))
-    row = b.arena(f"wgrad-row:{w_name}", "int64_t")
-    body = (
-        Call(
-            "tt_linear_bwd_weight_row_s16",
-            "weight-gradient row",
-            (lb, gy, b.arena(f"saved:{src}@{i}", "int8_t"), Local("row"), row),
-            "backward",
-        ),
-        Call(
-            "tt_update_weight_row_s8",
-            "SGD step of the row",
-            (up, Local("&step"), Local("row"), row, ey, b.arena(f"train:{w_name}", "int8_t"), Local("prng")),
-            "backward",
-        ),
-    )
+    body = _weight_row_body(b, st, lb, up, gy, ey)
     source = RowSource(ArenaValue(count.buffer, count.offset, "int32_t"), sel)
     b.items.append(Loop(d.k, f"weights of {desc}: the chosen rows, ascending", body, "backward", source))
     if st.params.request.bias:

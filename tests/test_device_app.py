@@ -15,8 +15,6 @@ import random
 import shutil
 import struct
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +28,7 @@ from host_tools.device import Command, Device, SampleError, StepResult, WrongFir
 from host_tools.firmware import AppBuild, app_program, build_app, c_string
 from host_tools.frame import MAX_PAYLOAD, Status
 from host_tools.link import Link
+from tests.helpers_port import PipePort
 from tinytrain.errors import TinytrainError, UsageError
 from tinytrain.models.ship import CHECKPOINT, shipped
 from tinytrain.train.compile import Compiled, CompileOptions, compile_model
@@ -269,50 +268,6 @@ def test_build_refuses_program_without_sample_shape(tmp_path: Path) -> None:
     c = compile_model(shipped(CHECKPOINT), CompileOptions("last-layer", classes=10))
     with pytest.raises(UsageError):
         build_app(c, "qemu-m4", tmp_path)
-
-
-class PipePort:
-    """A pyserial-like port over a host-built firmware's stdin/stdout (what Link needs)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        self.timeout: float | None = 0.01
-        self.buf = bytearray()
-        self.lock = threading.Lock()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        while chunk := self.proc.stdout.read1(4096):  # type: ignore[attr-defined]
-            with self.lock:
-                self.buf += chunk
-
-    @property
-    def in_waiting(self) -> int:
-        with self.lock:
-            return len(self.buf)
-
-    def read(self, size: int = 1) -> bytes:
-        deadline = time.monotonic() + (self.timeout or 0)
-        while True:
-            with self.lock:
-                if self.buf:
-                    out = bytes(self.buf[:size])
-                    del self.buf[:size]
-                    return out
-            if time.monotonic() >= deadline:
-                return b""
-            time.sleep(0.001)
-
-    def write(self, data: bytes, /) -> int:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-        return len(data)
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
 
 
 @pytest.mark.skipif(shutil.which("stdbuf") is None, reason="stdbuf (coreutils) not installed")

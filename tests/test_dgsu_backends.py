@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from codegen.targets import ElfInfo, run_firmware
 from host_tools.device import Device
 from host_tools.firmware import build_app
 from host_tools.link import Link
+from tests.helpers_port import PipePort
 from tinytrain.datasets import fashion_mnist
 from tinytrain.models.ship import CHECKPOINT, shipped
 from tinytrain.train.compile import Compiled, CompileOptions, compile_model
@@ -148,50 +147,6 @@ def test_simulator_resume_equals_uninterrupted(
         assert np.array_equal(final[k], v), k
 
 
-class _PipePort:
-    """A pyserial-like port over a host-built application's stdin/stdout (what Link needs)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        self.timeout: float | None = 0.01
-        self.buf = bytearray()
-        self.lock = threading.Lock()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        while chunk := self.proc.stdout.read1(4096):  # type: ignore[attr-defined]
-            with self.lock:
-                self.buf += chunk
-
-    @property
-    def in_waiting(self) -> int:
-        with self.lock:
-            return len(self.buf)
-
-    def read(self, size: int = 1) -> bytes:
-        deadline = time.monotonic() + (self.timeout or 0)
-        while True:
-            with self.lock:
-                if self.buf:
-                    out = bytes(self.buf[:size])
-                    del self.buf[:size]
-                    return out
-            if time.monotonic() >= deadline:
-                return b""
-            time.sleep(0.001)
-
-    def write(self, data: bytes, /) -> int:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-        return len(data)
-
-    def close(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-
-
 @pytest.mark.skipif(not HAVE_GCC or shutil.which("stdbuf") is None, reason="gcc / stdbuf not installed")
 def test_host_checkpoint_resume_equals_uninterrupted(
     spec: RunSpec, programs: dict[str, tuple[Compiled, RunResult]], tmp_path: Path
@@ -208,7 +163,7 @@ def test_host_checkpoint_resume_equals_uninterrupted(
         proc = subprocess.Popen(
             ["stdbuf", "-o0", str(app.info.elf)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
         )
-        dev = Device(Link(_PipePort(proc), timeout=20.0, retries=0), app.program)
+        dev = Device(Link(PipePort(proc), timeout=20.0, retries=0), app.program)
         dev.identify()
         return proc, dev
 
