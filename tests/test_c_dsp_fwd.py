@@ -7,7 +7,9 @@ channels); ``tt_fc_s8`` and ``tt_fused_block_s8`` of the dsp build against the r
 build with edge multipliers (q = 2^30, 2^30 + 1, 2^31 - 1, 0; shift -31, -1, 0, > 0), odd
 sizes, channel counts that are not multiples of 4, stems with 1..5 input channels and
 depthwise windows of 1 to 49 taps; and every fused block of the shipped MBV2; the k = 8
-channel-record GEMM (one SMMLAR per output) with every channel eligible and one not. The native
+channel-record GEMM (one SMMLAR per output) with every channel eligible and one not; the fused
+block's residual ADD (its SMMLAR fast path and the reference fallback, both builds) against the
+numpy twin's table on every byte pair and random / edge constants. The native
 (inline-assembly) requantization runs in QEMU: ``tt_dsp_bench.c`` (tests/test_c_dsp.py).
 """
 
@@ -21,7 +23,7 @@ import numpy as np
 import pytest
 
 from codegen.cparams.forward import TtFcParams, declare_forward
-from codegen.cparams.fused_block import FusedBlockC, declare, fused_block_c, run_c_fused_block
+from codegen.cparams.fused_block import Add, FusedBlockC, declare, fused_block_c, run_c_fused_block
 from codegen.runtime_sources import RUNTIME_INCLUDE, runtime_sources
 from tests.test_fused_block import Case, build
 from tinytrain.frontends.load import load_model
@@ -269,3 +271,106 @@ def test_fc_smmlar_requant_matches_reference(libs: tuple[ctypes.CDLL, ctypes.CDL
                 )
                 want = _fc(ref, s, x, w, bv, out_c)
                 assert np.array_equal(_fc(dsp, s, x, w, bv, out_c), want), (rows, out_c, in_zp, out_zp, lo, hi)
+
+
+# ------------------------------------------------ the residual ADD (src/tt_fused_block.c, both backends)
+
+ADD_Q = np.array([0, 1, (1 << 28) - 1, 1 << 28, 1 << 30, (1 << 30) + 1, 1518500250, (1 << 31) - 1], np.int64)
+
+
+def _random_add(rng: np.random.Generator) -> Add:
+    """ADD constants around the fast path's limits (q >= 2^28, input shifts in [-31, 0], output shift in
+    [-23, 0], left shift <= 20; the input of multiplier 2^30 / shift 0), usual TFLite ones, and outside."""
+
+    def q() -> int:
+        return int(rng.choice(ADD_Q)) if rng.random() < 0.6 else int(rng.integers(1 << 28, 1 << 31))
+
+    def shift(usual: int) -> int:
+        return int(rng.choice([-31, -24, -23, -19, -18, -2, -1, 0, 1, 3])) if rng.random() < 0.6 else usual
+
+    half = rng.random() < 0.5  # TFLite: the input of the larger scale gets q = 2^30, shift 0
+    x_q, x_s = q(), shift(-1)
+    p_q, p_s = ((1 << 30), 0) if half else (q(), shift(-1))
+    if rng.random() < 0.3:
+        x_q, x_s, p_q, p_s = p_q, p_s, x_q, x_s
+    zps = [-128, -127, -1, 0, 5, 126, 127]
+    lo, hi = (-128, 127) if rng.random() < 0.6 else tuple(sorted(int(v) for v in rng.integers(-128, 128, 2)))
+    return Add(x_zp=int(rng.choice(zps)), x_multiplier=x_q, x_shift=x_s, p_zp=int(rng.choice(zps)),
+               p_multiplier=p_q, p_shift=p_s, left_shift=int(rng.choice([0, 1, 2, 19, 20, 20, 21, 22])),
+               out_multiplier=q(), out_shift=shift(-18), out_zp=int(rng.choice(zps)), act_min=lo,
+               act_max=hi)  # fmt: skip
+
+
+def test_residual_add_matches_numpy_table(libs: tuple[ctypes.CDLL, ctypes.CDLL]) -> None:
+    """The block's ADD (its fast SMMLAR arithmetic where the constants allow it, the reference
+    otherwise) == the numpy twin's table over (block input byte, projection byte), both builds, on
+    random and edge ADD constants; the inputs cover all 256 bytes."""
+    rng = np.random.default_rng(404)
+    graph = build(Case("res", 8, 8, 16, 3, 1, expand=3, residual="first"), seed=3)
+    fb = fused_block_c(graph, range(len(graph.ops)))
+    assert fb.add is not None
+    x = rng.integers(-128, 128, (2, *fb.in_hwc), dtype=np.int8)
+    x.reshape(-1)[:256] = np.arange(-128, 128, dtype=np.int8)
+    for lib in libs:
+        proj = run_c_fused_block(lib, replace(fb, add=None), x)
+        assert proj.status == 0
+        # the projection bytes vary over the run; vary the block input instead where they repeat
+        for trial in range(20):
+            add = _random_add(rng) if trial else fb.add
+            got = run_c_fused_block(lib, replace(fb, add=add), x)
+            assert got.status == 0
+            want = add.table()[x.view(np.uint8), proj.output.view(np.uint8)]
+            assert np.array_equal(got.output, want), add
+
+
+ADD_SHIM = r"""
+#include "src/tt_fused_block.c"
+/* The driver's residual ADD over n value pairs: its fast arithmetic when fb_fast_add_make
+ * accepts the constants (returns 1), the reference add_row otherwise (returns 0). */
+int32_t tt_test_fb_add(const tt_fb_add *a, int32_t n, const int8_t *x, const int8_t *p, int8_t *out) {
+    fb_fast_add f;
+    if (fb_fast_add_make(a, &f)) {
+        add_row_fast(&f, x, p, out, n);
+        return 1;
+    }
+    add_row(a, x, p, out, n);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def add_lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    """The fused block driver with a shim calling its (static) ADD row functions directly."""
+    from codegen.runtime_sources import RUNTIME, RUNTIME_SRC
+
+    d = tmp_path_factory.mktemp("add")
+    shim = d / "tt_test_fb_add.c"
+    shim.write_text(ADD_SHIM)
+    lib = ctypes.CDLL(str(build_shared([shim, RUNTIME_SRC / "tt_fused_block_stages.c"], d,
+                                       (RUNTIME_INCLUDE, RUNTIME), name="ttfbadd")))  # fmt: skip
+    lib.tt_test_fb_add.restype = ctypes.c_int32
+    lib.tt_test_fb_add.argtypes = [ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    return lib
+
+
+def test_residual_add_all_byte_pairs(add_lib: ctypes.CDLL) -> None:
+    """Every (input byte, projection byte) pair of the ADD == the numpy twin's table, for random and
+    edge constants on both sides of the fast path's limits (and in place: out aliasing the input)."""
+    rng = np.random.default_rng(405)
+    xv = np.repeat(np.arange(-128, 128, dtype=np.int8), 256)
+    pv = np.tile(np.arange(-128, 128, dtype=np.int8), 256)
+    fast = 0
+    trials = 300
+    for trial in range(trials):
+        add = _random_add(rng)
+        c = add.to_c()
+        out = np.empty_like(xv)
+        fast += add_lib.tt_test_fb_add(ctypes.byref(c), xv.size, xv.ctypes.data, pv.ctypes.data, out.ctypes.data)
+        want = add.table()[xv.view(np.uint8), pv.view(np.uint8)]  # indexed by byte
+        assert np.array_equal(out, want), add
+        if trial % 50 == 0:
+            xi = xv.copy()
+            add_lib.tt_test_fb_add(ctypes.byref(c), xi.size, xi.ctypes.data, pv.ctypes.data, xi.ctypes.data)
+            assert np.array_equal(xi, want), add
+    assert trials // 5 < fast < trials - trials // 10  # both paths taken

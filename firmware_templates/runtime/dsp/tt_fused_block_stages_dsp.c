@@ -345,6 +345,123 @@ static TT_DSP_NOINLINE void dw_pixels_3x3_any(const int8_t *r0, const int8_t *r1
     dw_pixels_3x3(r0, r1, r2, x_step, ts, out_w, wx, gp, y, nc, TT_DSP_RQ_ANY);
 }
 
+/*
+ * 3x3 groups of a full-range output (act_min = -128, act_max = 127) whose four channels allow
+ * the SMMLAR requantization (q > 2^30, shift -r with 1 <= r <= 23, |bias| <= 2^29): the proof
+ * of tt_dsp_k8_ch (include/tt_dsp.h), with X = 2 acc exact since |acc| <= 2^29 + 9 * 128 * 255
+ * < 2^30: the weights are stored doubled (|2 w| <= 256 fits an int16 half), the start value is
+ * 2 (bias + off * sum w), and per output
+ *     tt_mbqm(acc, q, -r) + zp = asr(smmlar(X, q, kc + [sign]), r),  kc = 2^(r-1) + zp 2^r,
+ * then SSAT #8; the sign term (X >> 31) is left out when zp = -128 (ReLU-like: act_min >= zp,
+ * tt_dsp_k8_ch's argument). One record per group, built once per row (dw3_make); 4-byte
+ * aligned (LDRD).
+ */
+typedef struct {
+    uint32_t w[18]; /* tap t: w[2t] = 2 (ch0, ch2), w[2t + 1] = 2 (ch1, ch3), int16 pairs (byte offsets 0 .. 71) */
+    uint32_t b[4];  /* 2 (bias + off * sum w), modulo 2^32 (72 .. 87) */
+    int32_t rq[12]; /* channel j: q, kc, r at 88 + 12 j */
+} dw3_group;
+
+/* Fills g for channels ch0 .. ch0 + 3 (weights wsrc + t * wstep, t < 9); 0 when a channel does
+ * not allow the SMMLAR requantization (g is then unusable). */
+static int dw3_make(dw3_group *g, const int8_t *wsrc, size_t wstep, const int32_t *bias, const tt_fb_stage *st,
+                    int32_t ch0) {
+    uint32_t se = 0, so = 0; /* per-channel weight sums as int16 halves: |sum| <= 9 * 128 */
+    for (int32_t t = 0; t < 9; ++t) {
+        const uint32_t wv = tt_ld32(wsrc + (size_t)t * wstep);
+        const uint32_t e = tt_sxtb16(wv), o = tt_sxtb16_ror8(wv);
+        g->w[2 * t] = tt_dsp_dbl16(e);
+        g->w[2 * t + 1] = tt_dsp_dbl16(o);
+        se = tt_sadd16(se, e);
+        so = tt_sadd16(so, o);
+    }
+    const int32_t sums[4] = {(int32_t)(int16_t)(uint16_t)(se & 0xFFFFu), (int32_t)(int16_t)(uint16_t)(so & 0xFFFFu),
+                             (int32_t)(int16_t)(uint16_t)(se >> 16), (int32_t)(int16_t)(uint16_t)(so >> 16)};
+    const uint32_t off = (uint32_t)(-st->input_zp);
+    const int32_t zp = st->output_zp;
+    for (int32_t j = 0; j < 4; ++j) {
+        const int32_t q = st->multiplier[ch0 + j], sh = st->shift[ch0 + j];
+        const int32_t b = bias != NULL ? bias[ch0 + j] : 0;
+        if (q <= 0x40000000 || sh < -23 || sh > -1 || b > (1 << 29) || b < -(1 << 29)) {
+            return 0;
+        }
+        const int32_t r = -sh;
+        g->b[j] = 2u * ((uint32_t)b + off * (uint32_t)sums[j]);
+        g->rq[3 * j] = q;
+        g->rq[3 * j + 1] = ((int32_t)1 << (r - 1)) + zp * ((int32_t)1 << r);
+        g->rq[3 * j + 2] = r;
+    }
+    return 1;
+}
+
+/* Output j of a dw3 pixel (accumulator a = X) before SSAT, with or without the sign term. */
+static inline int32_t dw3_out(uint32_t a, const dw3_group *g, int32_t j, int sign) {
+    const int32_t x = tt_wrap32((int64_t)a);
+    const int32_t kc = g->rq[3 * j + 1] + (sign ? tt_dsp_asr(x, 31) : 0);
+    return tt_dsp_asr(tt_smmlar(x, g->rq[3 * j], kc), g->rq[3 * j + 2]);
+}
+
+#if TT_DSP_NATIVE
+#define TT_DSP_DW3_RQ(a, qofs, yofs, sign)                                                                             \
+    "ldrd %[q], %[k], [%[g], #" qofs "]\n\t"                                                                           \
+    "ldr %[r], [%[g], #" qofs "+8]\n\t" sign                                                                           \
+    "smmlar %[" a "], %[" a "], %[q], %[k]\n\t"                                                                        \
+    "asr %[" a "], %[" a "], %[r]\n\t"                                                                                 \
+    "ssat %[" a "], #8, %[" a "]\n\t"                                                                                  \
+    "strb %[" a "], [%[y], #" yofs "]\n\t"
+#define TT_DSP_DW3_SIGN(a) "add %[k], %[k], %[" a "], asr #31\n\t"
+#define TT_DSP_DW3_STORE(y_, g_, SIGN)                                                                                 \
+    do {                                                                                                               \
+        uint32_t q_, k_, r_;                                                                                           \
+        __asm__ volatile(TT_DSP_DW3_RQ("a0", "88", "0", SIGN("a0")) TT_DSP_DW3_RQ("a1", "100", "1", SIGN("a1"))                 \
+                    TT_DSP_DW3_RQ("a2", "112", "2", SIGN("a2")) TT_DSP_DW3_RQ("a3", "124", "3", SIGN("a3"))            \
+                : [a0] "+&r"(a0), [a1] "+&r"(a1), [a2] "+&r"(a2), [a3] "+&r"(a3), [q] "=&r"(q_), [k] "=&r"(k_),        \
+                  [r] "=&r"(r_)                                                                                        \
+                : [g] "r"(g_), [y] "r"(y_)                                                                             \
+                : "memory");                                                                                           \
+    } while (0)
+#define TT_DSP_DW3_NOSIGN(a) ""
+#endif
+
+/* Output pixels 0 .. out_w - 1 of a dw3 group (rows, steps and y as in dw_pixels_3x3). */
+static TT_DSP_ALWAYS_INLINE void dw3_pixels(const int8_t *r0, const int8_t *r1, const int8_t *r2, size_t x_step,
+                                            size_t ts, int32_t out_w, const dw3_group *g, int8_t *y, size_t nc,
+                                            int sign) {
+    const uint32_t *wx = g->w;
+    for (int32_t ox = out_w; ox > 0; --ox) {
+        uint32_t a0 = g->b[0], a1 = g->b[1], a2 = g->b[2], a3 = g->b[3];
+        TT_DSP_DW_ROW3(r0, ts, wx, 0, 8, 16);
+        TT_DSP_DW_ROW3(r1, ts, wx, 24, 32, 40);
+        TT_DSP_DW_ROW3(r2, ts, wx, 48, 56, 64);
+#if TT_DSP_NATIVE
+        if (sign) {
+            TT_DSP_DW3_STORE(y, g, TT_DSP_DW3_SIGN);
+        } else {
+            TT_DSP_DW3_STORE(y, g, TT_DSP_DW3_NOSIGN);
+        }
+#else
+        y[0] = (int8_t)tt_ssat8(dw3_out(a0, g, 0, sign));
+        y[1] = (int8_t)tt_ssat8(dw3_out(a1, g, 1, sign));
+        y[2] = (int8_t)tt_ssat8(dw3_out(a2, g, 2, sign));
+        y[3] = (int8_t)tt_ssat8(dw3_out(a3, g, 3, sign));
+#endif
+        r0 += x_step;
+        r1 += x_step;
+        r2 += x_step;
+        y += nc;
+    }
+}
+
+static TT_DSP_NOINLINE void dw3_pixels_relu(const int8_t *r0, const int8_t *r1, const int8_t *r2, size_t x_step,
+                                            size_t ts, int32_t out_w, const dw3_group *g, int8_t *y, size_t nc) {
+    dw3_pixels(r0, r1, r2, x_step, ts, out_w, g, y, nc, 0);
+}
+
+static TT_DSP_NOINLINE void dw3_pixels_full(const int8_t *r0, const int8_t *r1, const int8_t *r2, size_t x_step,
+                                            size_t ts, int32_t out_w, const dw3_group *g, int8_t *y, size_t nc) {
+    dw3_pixels(r0, r1, r2, x_step, ts, out_w, g, y, nc, 1);
+}
+
 /* Four channels at a time: per group, the weights are sign-extended once into int16 pairs
  * (wx: tap t's (ch, ch + 2) and (ch + 1, ch + 3) words), the start values bias + off *
  * (weight sum) and the requantization constants computed once; per output pixel and tap
@@ -399,6 +516,19 @@ void tt_fb_depthwise_row(const tt_fb_ctx *c, const int8_t *ring, int32_t oy, int
                 wg[4 * t + lane] = pt.wt[(size_t)t * (size_t)pt.n + (size_t)pj];
             }
             ++pj;
+        }
+        if (kh == 3 && kw == 3 && full) {
+            dw3_group g3;
+            if (dw3_make(&g3, wsrc, wstep, c->dw_bias, st, ch0)) {
+                if (zp == -128) {
+                    dw3_pixels_relu(rowp[0] + ch0, rowp[1] + ch0, rowp[2] + ch0, x_step, tap_step, p->out_w, &g3,
+                                    dst + (size_t)ch0, (size_t)nc);
+                } else {
+                    dw3_pixels_full(rowp[0] + ch0, rowp[1] + ch0, rowp[2] + ch0, x_step, tap_step, p->out_w, &g3,
+                                    dst + (size_t)ch0, (size_t)nc);
+                }
+                continue;
+            }
         }
         uint32_t b[4];
         tt_dsp_rq rq[4];

@@ -721,6 +721,23 @@ static TT_DSP_NOINLINE void tt_dsp_pair_rows_any(const int8_t *x, size_t x_strid
     tt_dsp_pair_rows(x, x_stride, rows, k4, wx, cp, y, y_stride, TT_DSP_RQ_ANY);
 }
 
+/* The SMMLAR pair path (its functions at the end of this file): a channel pair's start values
+ * and requantization constants. Field offsets are fixed (the inline assembly reads q0 .. r1 at
+ * bytes 8 .. 28). */
+typedef struct tt_dsp_pair_sm {
+    uint32_t b0, b1;     /* start values: bias + off * weight sum (modulo 2^32) */
+    int32_t q0, kc0, r0; /* channel 0: q, 2^(r-1) + zp 2^r, r */
+    int32_t q1, kc1, r1; /* channel 1 */
+} tt_dsp_pair_sm;
+static int tt_dsp_pair_sm_make(tt_dsp_pair_sm *cp, const tt_dsp_gemm *g, const int32_t *bias, int32_t o,
+                               const uint32_t s[2]);
+static TT_DSP_NOINLINE void tt_dsp_pair_sm_rows_relu(const int8_t *x, size_t x_stride, int32_t rows, int32_t k4,
+                                                     const uint32_t *wx, const tt_dsp_pair_sm *cp, int8_t *y,
+                                                     size_t y_stride);
+static TT_DSP_NOINLINE void tt_dsp_pair_sm_rows_full(const int8_t *x, size_t x_stride, int32_t rows, int32_t k4,
+                                                     const uint32_t *wx, const tt_dsp_pair_sm *cp, int8_t *y,
+                                                     size_t y_stride);
+
 /*
  * tt_dsp_gemm_wx_s8's main path (k a multiple of 4, 4 <= k <= TT_DSP_WX_MAX_K, rows > 0):
  * each channel pair's weights are sign-extended once into int16 pairs on the stack (their
@@ -739,6 +756,17 @@ static TT_DSP_NOINLINE void tt_dsp_gemm_wx_body(const tt_dsp_gemm *g, const int8
         const int8_t *w0 = w + (size_t)o * (size_t)k;
         uint32_t s[2];
         tt_dsp_extend_pair(w0, w0 + k, k4, wx, s);
+        if (full) {
+            tt_dsp_pair_sm sm;
+            if (tt_dsp_pair_sm_make(&sm, g, bias, o, s)) {
+                if (g->zp == -128) {
+                    tt_dsp_pair_sm_rows_relu(x, x_stride, g->rows, k4, wx, &sm, y + o, y_stride);
+                } else {
+                    tt_dsp_pair_sm_rows_full(x, x_stride, g->rows, k4, wx, &sm, y + o, y_stride);
+                }
+                continue;
+            }
+        }
         tt_dsp_pair cp;
         cp.b0 = (bias != NULL ? (uint32_t)bias[o] : 0u) + (uint32_t)g->off * s[0];
         cp.b1 = (bias != NULL ? (uint32_t)bias[o + 1] : 0u) + (uint32_t)g->off * s[1];
@@ -990,6 +1018,155 @@ static inline void tt_dsp_gemm_wx_s8(const tt_dsp_gemm *g, const int8_t *x, size
         return;
     }
     tt_dsp_gemm_wx_body(g, x, x_stride, w, bias, y, y_stride);
+}
+
+/* ------------------------------------------------ added for the 3x3 depthwise channel groups */
+
+/* SADD16: the two int16 halves of x and y added, each modulo 2^16 (lanes independent). */
+#if TT_DSP_NATIVE
+static inline uint32_t tt_sadd16(uint32_t x, uint32_t y) { return (uint32_t)__sadd16((int16x2_t)x, (int16x2_t)y); }
+#else
+static inline uint32_t tt_sadd16(uint32_t x, uint32_t y) {
+    return ((x + y) & 0xFFFFu) | ((((x >> 16) + (y >> 16)) & 0xFFFFu) << 16);
+}
+#endif
+
+/* ------------------------------------------------ the pair GEMM with one SMMLAR per output */
+
+/*
+ * A channel pair of tt_dsp_gemm_wx_body whose channels allow the SMMLAR requantization of
+ * tt_dsp_k8_ch (q > 2^30, shift -r with 1 <= r <= 23) and whose accumulators stay below 2^30 in
+ * magnitude (|bias| <= 2^29 and k <= TT_DSP_SM_MAX_K: |acc| <= 2^29 + k * 128 * 255 < 2^30; the
+ * wrapped start value plus the wrapped products is the true sum modulo 2^32, hence the true sum),
+ * full-range output (act_min = -128, act_max = 127): per output X = acc + acc (exact), then
+ * asr(smmlar(X, q, kc + [sign]), r) = tt_mbqm(acc, q, -r) + zp (kc = 2^(r-1) + zp 2^r, proof at
+ * tt_dsp_k8_ch) and SSAT #8; the sign term (X >> 31) is left out when zp = -128 (tt_dsp_k8_ch).
+ */
+#define TT_DSP_SM_MAX_K 16384
+
+static int tt_dsp_pair_sm_make(tt_dsp_pair_sm *cp, const tt_dsp_gemm *g, const int32_t *bias, int32_t o,
+                               const uint32_t s[2]) {
+    if (g->k > TT_DSP_SM_MAX_K) {
+        return 0;
+    }
+    int32_t c[6];
+    uint32_t b[2];
+    for (int32_t j = 0; j < 2; ++j) {
+        const int32_t q = g->mult[o + j], sh = g->shift[o + j];
+        const int32_t bj = bias != NULL ? bias[o + j] : 0;
+        if (q <= 0x40000000 || sh < -23 || sh > -1 || bj > (1 << 29) || bj < -(1 << 29)) {
+            return 0;
+        }
+        const int32_t r = -sh;
+        b[j] = (uint32_t)bj + (uint32_t)g->off * s[j];
+        c[3 * j] = q;
+        c[3 * j + 1] = ((int32_t)1 << (r - 1)) + g->zp * ((int32_t)1 << r);
+        c[3 * j + 2] = r;
+    }
+    cp->b0 = b[0];
+    cp->b1 = b[1];
+    cp->q0 = c[0];
+    cp->kc0 = c[1];
+    cp->r0 = c[2];
+    cp->q1 = c[3];
+    cp->kc1 = c[4];
+    cp->r1 = c[5];
+    return 1;
+}
+
+/* One output of a tt_dsp_pair_sm channel (q, kc, r) before SSAT. */
+static inline int32_t tt_dsp_sm_out(uint32_t acc, int32_t q, int32_t kc, int32_t r, int sign) {
+    const int32_t x = tt_wrap32((int64_t)(uint32_t)(acc + acc));
+    return tt_dsp_asr(tt_smmlar(x, q, kc + (sign ? tt_dsp_asr(x, 31) : 0)), r);
+}
+
+#if TT_DSP_NATIVE
+/* The 2 x 2 block's four outputs: channel 0 (a00 -> y0[0], a10 -> y1[0]), channel 1 (a01 -> y0[1],
+ * a11 -> y1[1]); constants read from the record (offsets above). */
+#define TT_DSP_SM_OUT(a, yreg, yofs, sign, kreg)                                                                       \
+    "add %[" a "], %[" a "], %[" a "]\n\t" sign                                                                        \
+    "smmlar %[" a "], %[" a "], %[q], %[" kreg "]\n\t"                                                                 \
+    "asr %[" a "], %[" a "], %[r]\n\t"                                                                                 \
+    "ssat %[" a "], #8, %[" a "]\n\t"                                                                                  \
+    "strb %[" a "], [%[" yreg "], #" yofs "]\n\t"
+#define TT_DSP_SM_SIGN(a) "add %[t], %[k], %[" a "], asr #31\n\t"
+#define TT_DSP_SM_NOSIGN(a) ""
+/* KREG: "t" (k plus the sign term, SIGN adds it) or "k" (no sign term). */
+#define TT_DSP_SM_STORE(SIGN, KREG)                                                                                    \
+    do {                                                                                                               \
+        uint32_t q_, k_, t_, r_;                                                                                       \
+        __asm__ volatile("ldrd %[q], %[k], [%[cp], #8]\n\t"                                                            \
+                         "ldr %[r], [%[cp], #16]\n\t" TT_DSP_SM_OUT("a00", "y0", "0", SIGN("a00"), KREG)              \
+                             TT_DSP_SM_OUT("a10", "y1", "0", SIGN("a10"), KREG)                                        \
+                         "ldrd %[q], %[k], [%[cp], #20]\n\t"                                                           \
+                         "ldr %[r], [%[cp], #28]\n\t" TT_DSP_SM_OUT("a01", "y0", "1", SIGN("a01"), KREG)              \
+                             TT_DSP_SM_OUT("a11", "y1", "1", SIGN("a11"), KREG)                                        \
+                         : [a00] "+&r"(a00), [a01] "+&r"(a01), [a10] "+&r"(a10), [a11] "+&r"(a11), [q] "=&r"(q_),      \
+                           [k] "=&r"(k_), [t] "=&r"(t_), [r] "=&r"(r_)                                                 \
+                         : [cp] "r"(cp), [y0] "r"(y), [y1] "r"(y + y_stride)                                           \
+                         : "memory");                                                                                  \
+        (void)t_;                                                                                                      \
+    } while (0)
+#endif
+
+/* tt_dsp_pair_rows for a tt_dsp_pair_sm pair (sign: the full-range variant, else ReLU-like). */
+static TT_DSP_ALWAYS_INLINE void tt_dsp_pair_sm_rows(const int8_t *x, size_t x_stride, int32_t rows, int32_t k4,
+                                                     const uint32_t *wx, const tt_dsp_pair_sm *cp, int8_t *y,
+                                                     size_t y_stride, int sign) {
+    const size_t kb = 4 * (size_t)k4;
+    const int8_t *x_end = x + (size_t)(rows & ~1) * x_stride;
+    while (x != x_end) {
+        const int8_t *pa = x, *pb = x + x_stride;
+        const uint32_t *pw = wx;
+        uint32_t a00 = cp->b0, a01 = cp->b1, a10 = cp->b0, a11 = cp->b1;
+        const int8_t *end = pa + kb;
+        do {
+            TT_DSP_WX_STEP_INC(pa, pb, pw);
+        } while (pa != end);
+#if TT_DSP_NATIVE
+        if (sign) {
+            TT_DSP_SM_STORE(TT_DSP_SM_SIGN, "t");
+        } else {
+            TT_DSP_SM_STORE(TT_DSP_SM_NOSIGN, "k");
+        }
+#else
+        y[0] = (int8_t)tt_ssat8(tt_dsp_sm_out(a00, cp->q0, cp->kc0, cp->r0, sign));
+        y[y_stride] = (int8_t)tt_ssat8(tt_dsp_sm_out(a10, cp->q0, cp->kc0, cp->r0, sign));
+        y[1] = (int8_t)tt_ssat8(tt_dsp_sm_out(a01, cp->q1, cp->kc1, cp->r1, sign));
+        y[y_stride + 1] = (int8_t)tt_ssat8(tt_dsp_sm_out(a11, cp->q1, cp->kc1, cp->r1, sign));
+#endif
+        x += 2 * x_stride;
+        y += 2 * y_stride;
+    }
+    if ((rows & 1) != 0) {
+        const int8_t *pa = x;
+        const uint32_t *pw = wx;
+        uint32_t a00 = cp->b0, a01 = cp->b1;
+        for (int32_t j = 0; j < k4; ++j) {
+            const uint32_t xa = tt_ld32(pa);
+            const uint32_t xae = tt_sxtb16(xa), xao = tt_sxtb16_ror8(xa);
+            a00 = tt_smlad(xae, pw[0], a00);
+            a00 = tt_smlad(xao, pw[1], a00);
+            a01 = tt_smlad(xae, pw[2], a01);
+            a01 = tt_smlad(xao, pw[3], a01);
+            pa += 4;
+            pw += 4;
+        }
+        y[0] = (int8_t)tt_ssat8(tt_dsp_sm_out(a00, cp->q0, cp->kc0, cp->r0, sign));
+        y[1] = (int8_t)tt_ssat8(tt_dsp_sm_out(a01, cp->q1, cp->kc1, cp->r1, sign));
+    }
+}
+
+static TT_DSP_NOINLINE void tt_dsp_pair_sm_rows_relu(const int8_t *x, size_t x_stride, int32_t rows, int32_t k4,
+                                                     const uint32_t *wx, const tt_dsp_pair_sm *cp, int8_t *y,
+                                                     size_t y_stride) {
+    tt_dsp_pair_sm_rows(x, x_stride, rows, k4, wx, cp, y, y_stride, 0);
+}
+
+static TT_DSP_NOINLINE void tt_dsp_pair_sm_rows_full(const int8_t *x, size_t x_stride, int32_t rows, int32_t k4,
+                                                     const uint32_t *wx, const tt_dsp_pair_sm *cp, int8_t *y,
+                                                     size_t y_stride) {
+    tt_dsp_pair_sm_rows(x, x_stride, rows, k4, wx, cp, y, y_stride, 1);
 }
 
 #endif /* TT_DSP_H */

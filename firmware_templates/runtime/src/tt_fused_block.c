@@ -10,6 +10,7 @@
 
 #include <string.h>
 
+#include "tt_dsp.h"
 #include "tt_fixedpoint.h"
 
 #define TT_FB_MAX_DIM 32767
@@ -328,6 +329,129 @@ static void add_row(const tt_fb_add *a, const int8_t *x, const int8_t *proj, int
     }
 }
 
+/*
+ * add_row for the usual constants, without 64-bit arithmetic: each of its three
+ * MultiplyByQuantizedMultiplier(X, q, -r) (r >= 0, q > 0, |X| < 2^30) as
+ *     asr(smmlar(2 X, q, K), r),   K = 2^(r-1) - [hm < 0] (r >= 1), K = 0 (r = 0),
+ * hm = SaturatingRoundingDoublingHighMul(X, q). Proof: hm = floor((X q + 2^30) / 2^31)
+ * (no saturation: X != INT32_MIN; see tt_dsp_requant_s8 in include/tt_dsp.h);
+ * RoundingDivideByPOT(hm, r) = floor((hm + 2^(r-1) - [hm < 0]) / 2^r) for r >= 1 (remainder
+ * above 2^(r-1) - 1 + [hm < 0] <=> remainder + 2^(r-1) - [hm < 0] >= 2^r); nested floors
+ * merge: floor((X q + 2^30 + K 2^31) / 2^(31+r)) = floor(floor((K 2^32 + 2X q + 2^31) / 2^32)
+ * / 2^r), and the inner floor is SMMLAR (every value fits an int64). The sign: for X >= 0,
+ * hm >= 0; for X = -m < 0, hm < 0 <=> m q > 2^30 <=> m >= m0 = floor(2^30 / q) + 1, i.e.
+ * 2X + c < 0 with c = 2 m0 - 1 (r = 0 needs no sign term: c = 2^30 keeps 2X + c >= 0).
+ * The output zero point is folded into the output's K (+ zp 2^r: a multiple of 2^(32+r)
+ * inside the floor adds zp), the input zero points into the products:
+ * 2X = 2 (v - zp) 2^L = v 2^(L+1) - zp 2^(L+1).
+ * The input term with q = 2^30 and shift 0 (TFLite gives the input of the larger scale the
+ * multiplier 1/2) is hm = floor((X + 1) / 2) = X / 2 = (v - zp) 2^(L-1) for L >= 1 (X even).
+ * Ranges (fb_fast_add_make checks them once per block): left_shift L <= 20, so that
+ * |X| = |v - zp| 2^L <= 255 2^20 and each term |xs|, |ps| <= |X| + 1 (q < 2^31), their sum
+ * |s| < 2^29 (no wrap: tt_wrap_add32(xs, ps) = s) and 2 s fits; q >= 2^28 (m0 <= 5); input
+ * shifts in [-31, 0], the output's in [-23, 0] (|K| < 2^31 with the zero point folded in).
+ */
+typedef struct {
+    int32_t q, r;
+    int32_t k; /* 2^(r-1) (r >= 1) or 0, plus out_zp 2^r for the output */
+    int32_t c; /* 2 m0 - 1 (r >= 1), 2^30 (r = 0) */
+} fb_mq;
+
+typedef struct {
+    fb_mq a, b, o;          /* input terms a (x or proj), b, the output */
+    int32_t a_nz, b_nz;     /* -zp 2^(L+1) of each input (b_half: -zp 2^(L-1)) */
+    int32_t scale2, half;   /* 2^(L+1), 2^(L-1) */
+    int32_t b_half;         /* 1: term b is (v - zp) 2^(L-1) (q = 2^30, shift 0, L >= 1) */
+    int32_t swap;           /* 1: term a reads the projection, b the block input */
+    int32_t act_min, act_max;
+} fb_fast_add;
+
+static int fb_mq_make(int32_t q, int32_t shift, int32_t max_r, int32_t zp, fb_mq *m) {
+    if (q < ((int32_t)1 << 28) || shift > 0 || shift < -max_r) {
+        return 0;
+    }
+    const int32_t r = -shift;
+    m->q = q;
+    m->r = r;
+    m->k = (r >= 1 ? ((int32_t)1 << (r - 1)) : 0) + zp * ((int32_t)1 << r);
+    m->c = r >= 1 ? 2 * ((int32_t)((1u << 30) / (uint32_t)q) + 1) - 1 : ((int32_t)1 << 30);
+    return 1;
+}
+
+static int fb_is_half(int32_t q, int32_t shift, int32_t left_shift) {
+    return q == ((int32_t)1 << 30) && shift == 0 && left_shift >= 1;
+}
+
+/* 1 when add_row_fast applies to a (then f holds its constants). */
+static int fb_fast_add_make(const tt_fb_add *a, fb_fast_add *f) {
+    const int32_t L = a->left_shift;
+    if (L > 20 || !fb_mq_make(a->x_multiplier, a->x_shift, 31, 0, &f->a) ||
+        !fb_mq_make(a->p_multiplier, a->p_shift, 31, 0, &f->b) ||
+        !fb_mq_make(a->out_multiplier, a->out_shift, 23, a->out_zp, &f->o)) {
+        return 0;
+    }
+    f->scale2 = (int32_t)1 << (L + 1);
+    f->half = L >= 1 ? (int32_t)1 << (L - 1) : 0;
+    f->swap = 0;
+    int32_t zp_a = a->x_zp, zp_b = a->p_zp;
+    f->b_half = fb_is_half(a->p_multiplier, a->p_shift, L);
+    if (!f->b_half && fb_is_half(a->x_multiplier, a->x_shift, L)) {
+        const fb_mq t = f->a;
+        f->a = f->b;
+        f->b = t;
+        f->swap = 1;
+        f->b_half = 1;
+        zp_a = a->p_zp;
+        zp_b = a->x_zp;
+    }
+    f->a_nz = -zp_a * f->scale2;
+    f->b_nz = -zp_b * (f->b_half ? f->half : f->scale2);
+    f->act_min = a->act_min;
+    f->act_max = a->act_max;
+    return 1;
+}
+
+/* MultiplyByQuantizedMultiplier(X, q, -r) (+ zp for the output) from x2 = 2 X, see above. */
+static inline int32_t fb_mq_apply(const fb_mq *m, int32_t x2) {
+    const int32_t k = m->k + tt_dsp_asr(x2 + m->c, 31);
+    return tt_dsp_asr(tt_smmlar(x2, m->q, k), m->r);
+}
+
+/* add_row with the constants of fb_fast_add_make: the same bytes. va feeds term a, vb term b;
+ * out may alias either. */
+static TT_DSP_ALWAYS_INLINE void add_row_fast_body(const fb_fast_add *f, const int8_t *va, const int8_t *vb,
+                                                   int8_t *out, int32_t n, int b_half, int full) {
+    const fb_mq ma = f->a, mb = f->b, mo = f->o;
+    const int32_t a_nz = f->a_nz, b_nz = f->b_nz, scale2 = f->scale2, half = f->half;
+    const int32_t lo = f->act_min, hi = f->act_max;
+    for (int32_t i = 0; i < n; ++i) {
+        const int32_t ta = fb_mq_apply(&ma, (int32_t)va[i] * scale2 + a_nz);
+        const int32_t tb = b_half ? (int32_t)vb[i] * half + b_nz : fb_mq_apply(&mb, (int32_t)vb[i] * scale2 + b_nz);
+        const int32_t v = fb_mq_apply(&mo, 2 * (ta + tb));
+        out[i] = (int8_t)(full ? tt_ssat8(v) : tt_clamp32(v, lo, hi));
+    }
+}
+
+static TT_DSP_NOINLINE void add_row_fast_half_full(const fb_fast_add *f, const int8_t *va, const int8_t *vb,
+                                                   int8_t *out, int32_t n) {
+    add_row_fast_body(f, va, vb, out, n, 1, 1);
+}
+
+static TT_DSP_NOINLINE void add_row_fast_any(const fb_fast_add *f, const int8_t *va, const int8_t *vb, int8_t *out,
+                                             int32_t n) {
+    add_row_fast_body(f, va, vb, out, n, f->b_half, 0);
+}
+
+static void add_row_fast(const fb_fast_add *f, const int8_t *x, const int8_t *proj, int8_t *out, int32_t n) {
+    const int8_t *va = f->swap ? proj : x;
+    const int8_t *vb = f->swap ? x : proj;
+    if (f->b_half && f->act_min == TT_INT8_MIN && f->act_max == TT_INT8_MAX) {
+        add_row_fast_half_full(f, va, vb, out, n);
+    } else {
+        add_row_fast_any(f, va, vb, out, n);
+    }
+}
+
 static size_t mask_bytes(int32_t h, int32_t w, int32_t c) { return ((size_t)h * (size_t)w * (size_t)c + 7u) / 8u; }
 
 /* ------------------------------------------------------------------ the block */
@@ -389,6 +513,8 @@ static tt_status run_block(const tt_fused_block_params *p, const int8_t *input, 
     const size_t mid_row = (size_t)p->mid_w * (size_t)p->mid_c;
     const size_t dw_row_n = (size_t)p->out_w * (size_t)p->mid_c;
     const size_t out_row = (size_t)p->out_w * (size_t)p->out_c;
+    fb_fast_add fast_add;
+    const int add_fast = p->has_add && fb_fast_add_make(&p->add, &fast_add);
     int32_t next_row = 0;
     for (int32_t oy = 0; oy < p->out_h; ++oy) {
         const int32_t top = oy * g->sh;
@@ -421,7 +547,9 @@ static tt_status run_block(const tt_fused_block_params *p, const int8_t *input, 
         int8_t *proj = p->has_add ? proj_row : out;
         tt_fb_project_row(&run.c, dw_row, proj);
         emit_mask(proj_mask, (size_t)oy * out_row, proj, (int32_t)out_row, p->proj.mask_lo, p->proj.mask_hi);
-        if (p->has_add) {
+        if (add_fast) {
+            add_row_fast(&fast_add, input + (size_t)oy * out_row, proj, out, (int32_t)out_row);
+        } else if (p->has_add) {
             add_row(&p->add, input + (size_t)oy * out_row, proj, out, (int32_t)out_row);
         }
     }
