@@ -193,9 +193,21 @@ def instructions(r: dict[str, Any]) -> str:
     return f"{v / 1e6:.1f} M" if v else "–"
 
 
+def best_per_scheme(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The finished int8 rows, one per scheme: the learning rate of its grid with the best test
+    accuracy (as the float32 reference's best rate is chosen)."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("test_accuracy") is None or r["kind"] == "float32":
+            continue
+        if r["scheme"] not in best or r["test_accuracy"] > best[r["scheme"]]["test_accuracy"]:
+            best[r["scheme"]] = r
+    return list(best.values())
+
+
 def plot(results: list[dict[str, Any]], path: Path) -> None:
-    """Test accuracy against peak SRAM, one point per int8 scheme (one panel per model); the
-    float32 rows as horizontal lines (they have no MCU memory figure)."""
+    """Test accuracy against peak SRAM, one point per int8 scheme at its best learning rate
+    (one panel per model); the float32 rows as horizontal lines (they have no MCU memory figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -213,9 +225,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             ax.axhline(acc, ls="--", lw=0.8, color="grey")
             label = f"float32 full FT (lr {best['lr']})"
             ax.annotate(label, (0.01, acc), xycoords=("axes fraction", "data"), fontsize=7)
-        for r in block["rows"]:
-            if r.get("test_accuracy") is None or r["kind"] == "float32":
-                continue
+        for r in best_per_scheme(block["rows"]):
             acc = 100 * r["test_accuracy"]
             kb = r["peak_sram_bytes"] / KB
             ax.scatter([kb], [acc], s=30)
@@ -257,20 +267,16 @@ def run_model(key: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         Dataset("train", tr.images[: args.train_samples], tr.labels[: args.train_samples]),
         Dataset("test", te.images[: args.test_samples], te.labels[: args.test_samples]),
     )
-    float_lrs = [] if args.no_float else [float(v) for v in args.float_lr.split(",") if v]
-    names = scheme_list(args.schemes) + [f"float@{lr:g}" for lr in float_lrs]
     rows = []
-    for scheme in names:
-        is_float = scheme.startswith("float@")
-        lr = float(scheme.partition("@")[2]) if is_float else scheme_lr(args, scheme)
-        keep = args.partial / f"{key}-{row_name(scheme)}.json"
+    for scheme, lr, is_float in row_jobs(args):
+        keep = row_file(args.partial, key, scheme, lr, is_float)
         if args.resume and keep.exists():
             row = json.loads(keep.read_text())
             same = row.get("lr") == lr and (is_float or row.get("schedule", "constant") == args.schedule)
             if row.get("protocol") == protocol(args) and same:
                 rows.append(row)
                 continue
-        print(f"[{key}] {scheme} ...", file=sys.stderr, flush=True)
+        print(f"[{key}] {scheme} (lr {lr:g}) ...", file=sys.stderr, flush=True)
         row = float_row(path, lr, args, data) if is_float else int8_row(path, scheme, lr, args, data)
         row["protocol"] = protocol(args)
         keep.parent.mkdir(parents=True, exist_ok=True)
@@ -300,13 +306,35 @@ def row_name(scheme: str) -> str:
     return scheme.replace(":", "_").replace(",", "_")
 
 
-def scheme_lr(args: argparse.Namespace, scheme: str) -> float:
-    """The int8 learning rate of ``scheme``: its ``--lr-for`` entry, else ``--lr``."""
+def scheme_lrs(args: argparse.Namespace, scheme: str) -> list[float]:
+    """The int8 learning rates of ``scheme`` (one row each): its ``--lr-for`` entry
+    (``SCHEME=LR`` or a grid ``SCHEME=LR1+LR2``), else ``--lr``."""
     for item in args.lr_for:
         name, _, value = item.rpartition("=")
         if name == scheme:
-            return float(value)
-    return float(args.lr)
+            return [float(v) for v in value.split("+") if v]
+    return [float(args.lr)]
+
+
+def row_jobs(args: argparse.Namespace) -> list[tuple[str, float, bool]]:
+    """Every row of one model as ``(scheme, lr, is_float)``: each int8 scheme at each of its
+    learning rates, then the float32 rows."""
+    float_lrs = [] if args.no_float else [float(v) for v in args.float_lr.split(",") if v]
+    jobs = [(scheme, lr, False) for scheme in scheme_list(args.schemes) for lr in scheme_lrs(args, scheme)]
+    return jobs + [(f"float@{lr:g}", lr, True) for lr in float_lrs]
+
+
+def row_file(partial: Path, key: str, scheme: str, lr: float, is_float: bool) -> Path:
+    """Where a finished row is kept: ``KEY-SCHEME@LR.json`` for an int8 row (a learning-rate grid
+    keeps one file per rate), ``KEY-float@LR.json`` for a float32 row. A row kept by an older
+    run without the rate in its name is moved to the new name when its rate matches."""
+    if is_float:
+        return partial / f"{key}-{row_name(scheme)}.json"
+    path = partial / f"{key}-{row_name(scheme)}@{lr:g}.json"
+    legacy = partial / f"{key}-{row_name(scheme)}.json"
+    if not path.exists() and legacy.exists() and json.loads(legacy.read_text()).get("lr") == lr:
+        legacy.rename(path)
+    return path
 
 
 def collect(args: argparse.Namespace) -> dict[str, Any]:
@@ -314,12 +342,9 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     without training: the table of a run still in progress; ``missing`` lists the rest."""
     results, missing = [], []
     for key in [k for k in args.models.split(",") if k in MODELS and model_path(k) is not None]:
-        float_lrs = [] if args.no_float else [float(v) for v in args.float_lr.split(",") if v]
         rows = []
-        for scheme in scheme_list(args.schemes) + [f"float@{lr:g}" for lr in float_lrs]:
-            is_float = scheme.startswith("float@")
-            lr = float(scheme.partition("@")[2]) if is_float else scheme_lr(args, scheme)
-            keep = args.partial / f"{key}-{row_name(scheme)}.json"
+        for scheme, lr, is_float in row_jobs(args):
+            keep = row_file(args.partial, key, scheme, lr, is_float)
             row = json.loads(keep.read_text()) if keep.exists() else None
             ok = row is not None and row.get("protocol") == protocol(args) and row.get("lr") == lr
             if ok and row is not None and (is_float or row.get("schedule", "constant") == args.schedule):
@@ -327,7 +352,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                     keep.write_text(json.dumps(row, indent=2) + "\n")
                 rows.append(row)
             else:
-                missing.append(f"{key}: {scheme}")
+                missing.append(f"{key}: {scheme} (lr {lr:g})")
         results.append({"model": MODELS[key], "rows": rows})
     return {"benchmark": "train_fmnist", "protocol": protocol(args), "results": results, "missing": missing}
 
