@@ -492,3 +492,62 @@ def test_bias_step_matches_update_of_summed_gradient(libs: tuple[ctypes.CDLL, ..
             st = fn(ctypes.byref(lb), cs.ref(), ctypes.byref(step), ctypes.c_void_p(g.ctypes.data),
                     ctypes.c_int32(e_y), ctypes.c_void_p(out.ctypes.data))  # fmt: skip
             assert st == 0 and np.array_equal(out, want), (trial, cout, h, w)
+
+
+def test_bias_update_one_multiply_path(libs: tuple[ctypes.CDLL, ...], ref_lib: ctypes.CDLL) -> None:
+    """tt_update_bias_s32 / tt_update_bias_one_s32 of dsp/tt_update_dsp.c (|G| < 2^30: one
+    multiply, RoundingDivideByPOT as one add and shift for R >= 1; G = 0 skipped) == numpy
+    update_bias == the reference build: gradients 0, +-1, +-(2^30 - 1), +-2^30 (the boundary),
+    larger ones, exponents giving R > 62, 1 .. 62 and <= 0, saturating biases, every c_t kind."""
+    rng = np.random.default_rng(31)
+    for trial in range(40):
+        cout = int(rng.integers(1, 24))
+        up = make_update(OpKind.CONV_2D, float(rng.uniform(0.001, 0.1)), tcu.random_scales(rng, cout))
+        b = rng.integers(-(2**31), 2**31, cout).astype(np.int32)
+        b[rng.integers(0, cout)] = 2**31 - 1
+        b[rng.integers(0, cout)] = -(2**31)
+        bits = int(rng.integers(0, 31))
+        grad = rng.integers(-(2**bits), 2**bits + 1, cout, dtype=np.int64)
+        special = np.array([0, 1, -1, 2**30 - 1, -(2**30 - 1), 2**30, -(2**30), 2**40, -(2**45)], np.int64)
+        k = int(rng.integers(0, min(cout, 4) + 1))
+        grad[rng.choice(cout, k, replace=False)] = rng.choice(special, k)
+        e_y = int(rng.integers(-110, 80))
+        lr, c_t = tcu._step_values(rng)
+        want = update_bias(up, b, grad, e_y, lr, c_t)
+        cs = cu_mod.update_struct(cu_mod.update_arrays(up, (cout, 1, 1, 1), ()))
+        step = cu_mod.sgd_step(lr, c_t)
+        for lib in (*libs, ref_lib):
+            out = b.copy()
+            gp, op = tcu.i64p(grad), tcu.as_ptr(out, ctypes.c_int32)
+            st = lib.tt_update_bias_s32(cs.ref(), ctypes.byref(step), gp, e_y, op)
+            assert st == 0 and np.array_equal(out, want), (trial, cout, e_y)
+
+
+# fully connected layers taking the one-pass path (in_c % 4 == 0): the shipped head, several
+# rows, a bit budget d > 0
+FC_CASES: tuple[tuple[Any, ...], ...] = tuple(
+    (OpKind.FULLY_CONNECTED, rows, 1, cin, cout, 1, 1, 1, 1, NO_PAD)
+    for rows, cin, cout in ((1, 1280, 10), (5, 24, 7), (2, 8, 3000), (1, 4, 1), (3, 36, 17))
+)
+
+
+@pytest.mark.parametrize("case", FC_CASES, ids=lambda c: f"{c[1]}x{c[3]}-to-{c[4]}")
+def test_fc_input_grad_one_pass(libs: tuple[ctypes.CDLL, ...], ref_lib: ctypes.CDLL, case: tuple[Any, ...]) -> None:
+    """The fully connected input gradient of dsp/tt_linear_bwd_dsp.c (fc_input_grad): random,
+    zero, extreme and wrapping gradients, no / every (the slice is the weights) / some trained
+    channels (the reference path), dsp == numpy == reference build."""
+    _random_linear(libs, case, ("random", "zero", "max", "full"))
+    rng = np.random.default_rng(zlib.crc32(str(case).encode()) + 1)
+    p, w = make_linear(case, rng)
+    c = cb.linear_bwd_struct(p, ())
+    for trial in range(3):
+        if trial == 0:
+            w = rng.choice(np.array([-128, 127], np.int8), w.shape)
+            g = rng.choice(np.array([-32768, 32767, 0], np.int16), p.out_shape)
+        else:
+            bits = rng.integers(0, 15, p.out_shape[0]).reshape(-1, 1)
+            g = (rng.integers(-1, 2, p.out_shape) << bits).astype(np.int16)
+        g_y = Grad(g, int(rng.integers(-30, 3)))
+        want = linear_bwd.input_grad(p, w, g_y)
+        for lib in (*libs, ref_lib):
+            assert same(cb.c_linear_input_grad(lib, c, p, w, g_y), want)

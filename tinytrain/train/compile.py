@@ -174,6 +174,7 @@ def plan_json(c: Compiled) -> dict[str, Any]:
                      "momentum_q15": c.options.momentum_q15},
         "macs": {"forward": m.macs_forward, "backward": m.macs_backward},
         "saved_activations": saved_activations(c.graph, plan).to_json(),
+        **({"gradient_aliases": dict(m.grad_aliases)} if m.grad_aliases else {}),
         "steps": [{"index": s.index, "phase": s.phase, "text": s.text} for s in m.steps],
         "plan": plan.to_json(),
     }

@@ -25,7 +25,14 @@ from tinytrain.sim.kernels import KERNELS
 from tinytrain.train.build import BackwardStep, TrainingProgram
 from tinytrain.train.data import fmix32
 from tinytrain.train.dgsu import LAYER_AGE, LAYER_EMA, LAYER_SCORE, age_name, state_tensors
-from tinytrain.train.grad_rules import BackwardResult, Saved, apply_update, run_backward, save_forward
+from tinytrain.train.grad_rules import (
+    BackwardResult,
+    Saved,
+    apply_update,
+    run_backward,
+    save_forward,
+    saved_tensor,
+)
 from tinytrain.train.kernels.accumulate import (
     MAX_BATCH,
     AccState,
@@ -83,10 +90,11 @@ Observer = Callable[[str, int, str, "np.ndarray | Grad"], None]
 """``observer(kind, op_index, tensor, value)``, called by :meth:`Executor.step` as values are
 produced (tools such as ``codegen/bisect.py``; None costs nothing). Kinds: ``act`` (an output
 of a live op), ``mask`` (the packed clamp mask of the op's output ``tensor``), ``saved`` (the
-trained channels of input ``tensor``), ``grad`` (``tensor``'s gradient: the loss gradient with
-op index -1, an op's input gradient, the sum after a second gradient, the output gradient after
-op's clamp mask), ``grad-sum`` (a second input gradient of ``tensor`` from op, before the sum),
-``train`` (the trained weight or bias ``tensor`` of op after its update)."""
+trained channels of input ``tensor``), ``saved-value`` (a forward value ``tensor`` a rule reads whole),
+``grad`` (``tensor``'s gradient: the loss gradient with op index -1, an op's input gradient,
+the sum after a second gradient, the output gradient after op's clamp mask), ``grad-sum`` (a
+second input gradient of ``tensor`` from op, before the sum), ``train`` (the trained weight or
+bias ``tensor`` of op after its update)."""
 
 
 @dataclass(frozen=True)
@@ -242,7 +250,10 @@ class Executor:
                     obs("act", i, name, y)
             bstep = program.backward_of(i)
             if bstep is not None and (
-                bstep.params.clamp is not None or bstep.params.save_channels or bstep.params.save_input
+                bstep.params.clamp is not None
+                or bstep.params.save_channels
+                or bstep.params.save_input
+                or bstep.params.saves
             ):
                 src = bstep.target(0)
                 if src is not None and src != op.inputs[0]:
@@ -254,6 +265,8 @@ class Executor:
                         obs("mask", i, op.outputs[0], sv.mask)
                     if sv.x_sub is not None and src is not None:
                         obs("saved", i, src, sv.x_sub)
+                    for name, v in sv.values.items():  # values a rule reads whole: plan buffer saved:<tensor>
+                        obs("saved-value", i, saved_tensor(op, name), v)
         logits = values[program.logits]
         g_logits, p_label = softmax_ce_grad(program.loss, logits, label)
         grads: dict[str, Grad] = {program.logits: g_logits}

@@ -9,7 +9,13 @@ A rule says declaratively what an op's backward needs and produces:
   which the forward pass must then record;
 * ``prepare``: the compile-time kernel params (``(op, inputs, outputs) -> params``);
 * ``run``: ``(params, masked output gradient, saved values, current weight, request)
-  -> BackwardResult``.
+  -> BackwardResult``;
+* ``saves``: the forward values the backward reads whole (``"in0"``, ``"in1"``, ``"out0"``:
+  the ViT's attention operands and probabilities, a LayerNorm's values), recorded in
+  :class:`Saved` ``.values`` and planned once per tensor (memory.py);
+* ``produces``: the input gradients the kernel gives for the wanted ones (none for a
+  constant operand; ``x·x``'s whole gradient under input 0);
+* ``in_place``: the input gradient may overwrite the output gradient (one buffer).
 
 The caller decides what it needs with a :class:`BackwardRequest` (the input gradient only
 when a trainable layer lies upstream; which input channels' weights train; whether the
@@ -29,8 +35,8 @@ All arithmetic is in :mod:`tinytrain.train.kernels` (integer only).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -39,7 +45,8 @@ import numpy as np
 from tinytrain.errors import UsageError
 from tinytrain.ir.ops import Op, OpKind
 from tinytrain.sim.kernel_spec import Inputs, Outputs
-from tinytrain.train.kernels import act_bwd, linear_bwd, pool_bwd, shape_bwd
+from tinytrain.sim.kernels.core_common import unsupported
+from tinytrain.train.kernels import act_bwd, attn_bwd, layout_bwd, linear_bwd, norm_bwd, pool_bwd, shape_bwd
 from tinytrain.train.kernels.gradient import Grad
 from tinytrain.train.kernels.mask import SIGN_MASK_HI, apply_mask, clamp_mask
 from tinytrain.train.kernels.update import UpdateParams, prepare_update, update_bias, update_weights
@@ -57,13 +64,21 @@ class BackwardRequest:
     sign_act: bool = False
 
 
+_NO_VALUES: Mapping[str, np.ndarray] = MappingProxyType({})
+
+# Names of the forward values a rule can read whole (``BackwardParams.saves``).
+SAVE_NAMES = ("in0", "in1", "out0")
+
+
 @dataclass(frozen=True)
 class Saved:
-    """Forward values kept for the backward: the packed clamp mask of output 0 and the
-    trained input channels of input 0."""
+    """Forward values kept for the backward: the packed clamp mask of output 0, the
+    trained input channels of input 0, and the int8 values a rule reads whole
+    (``values``: ``"in0"``, ``"in1"``, ``"out0"`` -> the op's forward arrays)."""
 
     mask: np.ndarray | None = None
     x_sub: np.ndarray | None = None
+    values: Mapping[str, np.ndarray] = field(default_factory=lambda: _NO_VALUES)
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +102,16 @@ class GradRule:
     # An activation op (HARD_SWISH): under the sign rule the mask is of input 0 and the masked
     # gradient passes unchanged; otherwise the exact rule reads input 0, saved whole.
     activation: bool = False
+    # The forward values the backward reads whole, for the kernel params and the wanted input
+    # gradients (names from SAVE_NAMES); None: nothing.
+    saves: Callable[[Any, frozenset[int]], tuple[str, ...]] | None = None
+    # The input gradients the kernel produces for the wanted ones (a constant operand gets
+    # none; x·x gives its whole gradient under input 0); None: all the wanted ones.
+    produces: Callable[[Any, frozenset[int]], frozenset[int]] | None = None
+    # The kernel may write its (single) input gradient over its output gradient: each output
+    # gradient row is read whole before the input gradient row is written (memory.py plans
+    # one buffer for both). Only the ViT rules set it: the CNN plans keep their buffers.
+    in_place: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,6 +128,7 @@ class BackwardParams:
     # (HARD_SWISH's sign rule: clamp = (input zero point, SIGN_MASK_HI)).
     mask_input: bool = False
     save_input: bool = False  # the forward saves input 0 whole (int8): the exact HARD_SWISH backward
+    saves: tuple[str, ...] = ()  # forward values the rule reads whole (SAVE_NAMES), in Saved.values
 
     @property
     def save_channels(self) -> tuple[int, ...]:
@@ -159,8 +185,66 @@ def _hard_swish(
     return BackwardResult({0: act_bwd.hard_swish_input_grad(kp, g, saved.x_sub)}, param_exponent=g.e)
 
 
-_LINEAR = GradRule((0,), linear_bwd.prepare_linear_backward, _linear, clamp_mask=True, trainable=True)
+# ViT ops (kernels/attn_bwd.py, norm_bwd.py, layout_bwd.py): the kernels take the saved forward
+# values by name and the wanted input indices, and return the gradients they produce.
+InputGradsFn = Callable[[Any, Grad, Mapping[str, np.ndarray], frozenset[int]], dict[int, Grad]]
+
+
+def _grads(fn: InputGradsFn) -> RunFn:
+    def run(kp: Any, g: Grad, saved: Saved, w: np.ndarray | None, req: BackwardRequest) -> BackwardResult:
+        return BackwardResult(fn(kp, g, saved.values, req.input_grads), param_exponent=g.e)
+
+    return run
+
+
+def _kernel_produces(kp: Any, wanted: frozenset[int]) -> frozenset[int]:
+    """The non-constant wanted inputs (``kp.grad_inputs``); x·x (``kp.square``): input 0 alone,
+    which carries the whole gradient (both factors' contributions, summed by the kernel)."""
+    inputs = frozenset(kp.grad_inputs)
+    if getattr(kp, "square", False):
+        return inputs if wanted & {0, 1} else frozenset()
+    return wanted & inputs
+
+
+def _saves_if_grad(names: tuple[str, ...]) -> Callable[[Any, frozenset[int]], tuple[str, ...]]:
+    """A one-input op that reads ``names`` whole when its input gradient is wanted."""
+
+    def saves(kp: Any, wanted: frozenset[int]) -> tuple[str, ...]:
+        return names if 0 in wanted else ()
+
+    return saves
+
+
+def _last_axis_mean(p: pool_bwd.PoolBwdParams) -> bool:
+    return len(p.in_shape) > 1 and p.in_shape[-1] > 1 and p.keep_shape[-1] == 1
+
+
+def _prepare_mean(op: Op, inputs: Inputs, outputs: Outputs) -> pool_bwd.PoolBwdParams | norm_bwd.MeanBwdParams:
+    """MEAN dispatches on its axes: over the last axis (a LayerNorm's statistics) to
+    norm_bwd (exact accumulator, output clamp mask), otherwise (a CNN's spatial mean) to
+    pool_bwd (unchanged)."""
+    pp = pool_bwd.prepare_mean_backward(op, inputs, outputs)
+    return norm_bwd.prepare_mean_backward(op, inputs, outputs) if _last_axis_mean(pp) else pp
+
+
 _POOL = _unary(pool_bwd.pool_input_grad)
+_MEAN_LAST = _grads(norm_bwd.mean_input_grads)
+
+
+def _mean(kp: Any, g: Grad, saved: Saved, w: np.ndarray | None, req: BackwardRequest) -> BackwardResult:
+    return (_MEAN_LAST if isinstance(kp, norm_bwd.MeanBwdParams) else _POOL)(kp, g, saved, w, req)
+
+
+MAX_CONCAT_INPUTS = 2  # GRAD_RULES' CONCATENATION entry lists inputs 0 and 1
+
+
+def _prepare_concatenation(op: Op, inputs: Inputs, outputs: Outputs) -> layout_bwd.ConcatenationBwdParams:
+    if len(inputs) > MAX_CONCAT_INPUTS:
+        raise unsupported(op, f"training through a CONCATENATION of {len(inputs)} inputs (at most {MAX_CONCAT_INPUTS})")
+    return layout_bwd.prepare_concatenation_backward(op, inputs, outputs)
+
+
+_LINEAR = GradRule((0,), linear_bwd.prepare_linear_backward, _linear, clamp_mask=True, trainable=True)
 _PAD = GradRule((0,), shape_bwd.prepare_pad_backward, _unary(shape_bwd.pad_input_grad))
 _RESHAPE = GradRule((0,), shape_bwd.prepare_reshape_backward, _unary(shape_bwd.reshape_input_grad))
 
@@ -170,7 +254,7 @@ GRAD_RULES: MappingProxyType[OpKind, GradRule] = MappingProxyType(
         OpKind.DEPTHWISE_CONV_2D: _LINEAR,
         OpKind.FULLY_CONNECTED: _LINEAR,
         OpKind.ADD: GradRule((0, 1), shape_bwd.prepare_add_backward, _add, clamp_mask=True),
-        OpKind.MEAN: GradRule((0,), pool_bwd.prepare_mean_backward, _POOL),
+        OpKind.MEAN: GradRule((0,), _prepare_mean, _mean, clamp_mask=True),
         OpKind.AVERAGE_POOL_2D: GradRule((0,), pool_bwd.prepare_avg_pool_backward, _POOL),
         OpKind.PAD: _PAD,
         OpKind.PADV2: _PAD,
@@ -178,9 +262,59 @@ GRAD_RULES: MappingProxyType[OpKind, GradRule] = MappingProxyType(
         OpKind.SQUEEZE: _RESHAPE,
         OpKind.EXPAND_DIMS: _RESHAPE,
         OpKind.HARD_SWISH: GradRule((0,), act_bwd.prepare_hard_swish_backward, _hard_swish, activation=True),
+        OpKind.BATCH_MATMUL: GradRule(
+            (0, 1),
+            attn_bwd.prepare_batch_matmul_backward,
+            _grads(attn_bwd.batch_matmul_input_grads),
+            clamp_mask=True,
+            saves=attn_bwd.batch_matmul_saves,
+            produces=_kernel_produces,
+        ),
+        OpKind.SOFTMAX: GradRule(
+            (0,),
+            attn_bwd.prepare_softmax_backward,
+            _grads(attn_bwd.softmax_input_grads),
+            saves=_saves_if_grad(attn_bwd.SOFTMAX_SAVES),
+            in_place=True,
+        ),
+        OpKind.MUL: GradRule(
+            (0, 1),
+            norm_bwd.prepare_mul_backward,
+            _grads(norm_bwd.mul_input_grads),
+            clamp_mask=True,
+            saves=norm_bwd.mul_saves,
+            produces=_kernel_produces,
+            in_place=True,
+        ),
+        OpKind.SUB: GradRule(
+            (0, 1),
+            norm_bwd.prepare_sub_backward,
+            _grads(norm_bwd.sub_input_grads),
+            clamp_mask=True,
+            produces=_kernel_produces,
+        ),
+        OpKind.RSQRT: GradRule(
+            (0,),
+            norm_bwd.prepare_rsqrt_backward,
+            _grads(norm_bwd.rsqrt_input_grads),
+            clamp_mask=True,
+            saves=_saves_if_grad(norm_bwd.RSQRT_SAVES),
+            in_place=True,
+        ),
+        OpKind.TRANSPOSE: GradRule(
+            (0,), layout_bwd.prepare_transpose_backward, _grads(layout_bwd.transpose_input_grads)
+        ),
+        OpKind.STRIDED_SLICE: GradRule(
+            (0,), layout_bwd.prepare_strided_slice_backward, _grads(layout_bwd.strided_slice_input_grads)
+        ),
+        OpKind.CONCATENATION: GradRule(
+            (0, 1),
+            _prepare_concatenation,
+            _grads(layout_bwd.concatenation_input_grads),
+            produces=_kernel_produces,
+        ),
     }
 )
-
 
 
 # ------------------------------------------------------------------------ drivers
@@ -200,12 +334,17 @@ def prepare_backward(op: Op, inputs: Inputs, outputs: Outputs, request: Backward
     if request.bias and (len(inputs) < 3 or inputs[2] is None):
         raise UsageError(f"{op.describe()}: has no bias to train")
     kernel = rule.prepare(op, inputs, outputs)
+    if rule.produces is not None:
+        request = replace(request, input_grads=rule.produces(kernel, request.input_grads))
     if request.weight_channels:
         n = kernel.in_channels
         ch = request.weight_channels
         if len(set(ch)) != len(ch) or min(ch) < 0 or max(ch) >= n:
             raise UsageError(f"{op.describe()}: weight channels must be distinct indices in [0, {n}), got {list(ch)}")
-    clamp = kernel.clamp if rule.clamp_mask else None
+    clamp = getattr(kernel, "clamp", None) if rule.clamp_mask else None
+    saves = rule.saves(kernel, request.input_grads) if rule.saves is not None else ()
+    if any(n not in SAVE_NAMES for n in saves):
+        raise UsageError(f"{op.describe()}: the rule saves {list(saves)}, names must be among {list(SAVE_NAMES)}")
     mask_input = save_input = False
     if rule.activation and 0 in request.input_grads:
         x = inputs[0]
@@ -217,7 +356,7 @@ def prepare_backward(op: Op, inputs: Inputs, outputs: Outputs, request: Backward
     elif clamp is not None and request.sign_act and _relu_floor(outputs, clamp):
         clamp = (clamp[0], SIGN_MASK_HI)  # y > act_min: the pre-activation was > 0
     update = prepare_update(op, inputs, outputs) if trains else None
-    return BackwardParams(op, rule, request, kernel, clamp, update, mask_input, save_input)
+    return BackwardParams(op, rule, request, kernel, clamp, update, mask_input, save_input, tuple(saves))
 
 
 def _relu_floor(outputs: Outputs, clamp: tuple[int, int]) -> bool:
@@ -246,7 +385,21 @@ def save_forward(bp: BackwardParams, args: Sequence[np.ndarray | None], outs: Se
         if x is None:
             raise UsageError(f"{bp.op.describe()}: the forward input is needed to save its channels")
         x_sub = linear_bwd.select_input_channels(bp.kernel, x, bp.save_channels)
-    return Saved(mask, x_sub)
+    values: dict[str, np.ndarray] = {}
+    for name in bp.saves:
+        v = outs[0] if name == "out0" else args[int(name.removeprefix("in"))]
+        if v is None:
+            raise UsageError(f"{bp.op.describe()}: the forward value {name!r} is needed to save it")
+        values[name] = np.array(v, copy=True)
+    return Saved(mask, x_sub, MappingProxyType(values) if values else _NO_VALUES)
+
+
+def saved_tensor(op: Op, name: str) -> str:
+    """The tensor a saved value name (SAVE_NAMES) of ``op`` stands for."""
+    t = op.outputs[0] if name == "out0" else op.inputs[int(name.removeprefix("in"))]
+    if t is None:
+        raise UsageError(f"{op.describe()}: saved value {name!r} is an absent input")
+    return t
 
 
 def run_backward(bp: BackwardParams, g_out: Grad, saved: Saved, weight: np.ndarray | None = None) -> BackwardResult:

@@ -7,7 +7,10 @@ its parameter update). Buffers:
 * activations: from the step that writes them to the last forward step that reads
   them (tensors inside fused blocks never exist; the fused kernels' scratch does);
 * saved for the backward pass: 1-bit clamp masks and the trained input channels of
-  a layer's input, from the op's forward step to its backward step;
+  a layer's input, from the op's forward step to its backward step; the int8 values a
+  rule reads whole (``BackwardParams.saves``: attention operands and probabilities, a
+  LayerNorm's centred input and reciprocal deviation) once per tensor (``saved:<tensor>``),
+  from the first forward step that saves it to the last backward step that reads it;
 * gradients (int16 mantissas + an int32 exponent), from the backward step that
   produces them to the one that consumes them; a gradient streamed between the parts of
   a fused step (projection → depthwise → expansion) never exists, the step's scratch
@@ -23,14 +26,15 @@ Frozen weights stay in flash and are not arena buffers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tinytrain.ir.graph import Graph
 from tinytrain.ir.ops import Op, OpKind
 from tinytrain.passes.fuse_blocks import FusedBlock
 from tinytrain.stats import op_macs
-from tinytrain.train.build import TrainingProgram
+from tinytrain.train.build import BackwardStep, TrainingProgram
 from tinytrain.train.dgsu import dgsu_state_requests, dgsu_step_requests
+from tinytrain.train.grad_rules import saved_tensor
 from tinytrain.train.kernels.accumulate import bias_accumulator, weight_accumulator
 from tinytrain.train.kernels.mask import mask_nbytes
 from tinytrain.train.planner import BufferKind, BufferRequest, Plan, plan_buffers, plan_or_raise
@@ -53,6 +57,8 @@ class ProgramMemory:
     flash_bytes: int
     macs_forward: int
     macs_backward: int
+    # Gradients computed in place over another one: (its buffer name, the buffer it uses).
+    grad_aliases: tuple[tuple[str, str], ...] = ()
 
 
 def _weight_grad_shape(kind: OpKind, cout: int, kh: int, kw: int, n: int) -> tuple[int, ...]:
@@ -68,6 +74,20 @@ def _grad_bytes(n: int) -> int:
     return 2 * n + 4
 
 
+def _in_place(graph: Graph, part: BackwardStep, k: int) -> bool:
+    """``part`` may write input ``k``'s gradient over its output gradient: its rule allows it
+    (an elementwise or row-wise backward whose output gradient row is read before the input
+    gradient row is written: GradRule.in_place), it produces that one input gradient, of the
+    output gradient's size."""
+    op = part.op
+    return (
+        part.params.rule.in_place
+        and part.params.request.input_grads == frozenset({k})
+        and graph.tensor(str(part.target(k))).size == graph.tensor(op.outputs[0]).size
+        and op.outputs[0] not in graph.outputs
+    )
+
+
 def _linear_input_scratch(graph: Graph, op: Op) -> int:
     """Bytes of ``tt_linear_bwd_input_s16``'s scratch: 4·in_c (conv), 0 (depthwise), 4·out_c (FC)."""
     if op.kind is OpKind.CONV_2D:
@@ -75,6 +95,68 @@ def _linear_input_scratch(graph: Graph, op: Op) -> int:
     if op.kind is OpKind.FULLY_CONNECTED:
         return 4 * graph.tensor(op.outputs[0]).shape[-1]
     return 0
+
+
+SaveKey = tuple[str, tuple[int, ...] | None]  # (tensor, saved channels | None: the whole tensor)
+
+
+@dataclass(frozen=True)
+class SavedCopy:
+    """One saved int8 copy, shared by every backward step that reads it (q, k and v read the
+    same LayerNorm output; SOFTMAX and the BATCH_MATMUL after it read the probabilities)."""
+
+    first: int  # the earliest forward step that saves it
+    last: int  # the last backward step that reads it
+    readers: tuple[int, ...]  # op indices
+    by_rule: bool  # some reader's rule reads it whole (BackwardParams.saves)
+
+    @property
+    def name_suffix(self) -> str:
+        """``@<op>`` for a copy one op reads through the layer / HARD_SWISH rules (the names of
+        the CNN schemes' plans); empty for a shared or rule-read copy."""
+        return f"@{self.readers[0]}" if len(self.readers) == 1 and not self.by_rule else ""
+
+
+def _save_keys(graph: Graph, part: BackwardStep) -> tuple[tuple[SaveKey, bool], ...]:
+    """The int8 copies ``part``'s backward reads, each with whether its rule reads it whole:
+    the HARD_SWISH input, a layer input's trained channels (all of them: the whole tensor),
+    the values in ``params.saves``."""
+    out: dict[SaveKey, bool] = {}
+    x_name = part.target(0)
+    if part.params.save_input and x_name is not None:
+        out[(x_name, None)] = False
+    ch = part.params.save_channels
+    if ch and x_name is not None:
+        whole = ch == tuple(range(graph.tensor(x_name).shape[-1]))
+        out.setdefault((x_name, None if whole else ch), False)
+    for n in part.params.saves:
+        out[(saved_tensor(part.op, n), None)] = True
+    return tuple(out.items())
+
+
+def _saved_copies(program: TrainingProgram, fwd_step_of_op: dict[int, int], loss_step: int) -> dict[SaveKey, SavedCopy]:
+    out: dict[SaveKey, SavedCopy] = {}
+    for j, b in enumerate(program.backward):
+        s = loss_step + 1 + j
+        for part in b.parts:
+            fs = fwd_step_of_op.get(part.op_index, 0)
+            for key, by_rule in _save_keys(program.graph, part):
+                c = out.get(key)
+                out[key] = (
+                    SavedCopy(fs, s, (part.op_index,), by_rule)
+                    if c is None
+                    else SavedCopy(min(c.first, fs), max(c.last, s), (*c.readers, part.op_index), c.by_rule or by_rule)
+                )
+    return out
+
+
+def _saved_name(key: SaveKey, copy: SavedCopy) -> str:
+    """``saved:<tensor>@<op>`` (one reader, layer / HARD_SWISH rule), ``saved:<tensor>`` (a
+    whole copy otherwise), ``saved:<tensor>@<op>+<op>…`` (a channel subset several layers read)."""
+    tensor, channels = key
+    if copy.name_suffix or channels is None:
+        return f"saved:{tensor}{copy.name_suffix}"
+    return f"saved:{tensor}@" + "+".join(str(i) for i in sorted(copy.readers))
 
 
 def program_memory(
@@ -134,9 +216,12 @@ def program_memory(
     # backward step of the op that produced the tensor.
     g_first: dict[str, int] = {program.logits: loss_step}
     g_last: dict[str, int] = {}
+    alias: dict[str, str] = {}  # a gradient computed in place -> the tensor whose gradient buffer it reuses
     trainable = 0
     macs_bwd = 0
     dgsu_last = loss_step
+    copies = _saved_copies(program, fwd_step_of_op, loss_step)
+    emitted: set[SaveKey] = set()
     for j, b in enumerate(program.backward):
         s = loss_step + 1 + j
         parts = b.parts
@@ -159,15 +244,14 @@ def program_memory(
                 requests.append(
                     BufferRequest(f"mask:{out}", mask_nbytes(graph.tensor(out).size), fs, s, BufferKind.MASK)
                 )
-            x_name = part.target(0)
-            assert x_name is not None
-            x = graph.tensor(x_name)
-            if part.params.save_input:  # the exact HARD_SWISH backward reads its int8 input
-                requests.append(BufferRequest(f"saved:{x_name}@{part.op_index}", x.size, fs, s, BufferKind.SAVED))
-            if part.params.save_channels:
-                per_channel = x.size // x.shape[-1]
-                size = per_channel * len(part.params.save_channels)
-                requests.append(BufferRequest(f"saved:{x_name}@{part.op_index}", size, fs, s, BufferKind.SAVED))
+            for key, _ in _save_keys(graph, part):  # int8 forward values kept for this step
+                if key in emitted:
+                    continue
+                emitted.add(key)
+                cp = copies[key]
+                t = graph.tensor(key[0])
+                size = t.size if key[1] is None else t.size // t.shape[-1] * len(key[1])
+                requests.append(BufferRequest(_saved_name(key, cp), size, cp.first, cp.last, BufferKind.SAVED))
             for k in part.params.request.input_grads:
                 target = part.target(k)
                 assert target is not None
@@ -190,6 +274,11 @@ def program_memory(
                     size = _grad_bytes(graph.tensor(target).size)
                     name = f"grad-sum:{target}@{part.op_index}"
                     requests.append(BufferRequest(name, size, s, s, BufferKind.GRADIENT))
+                elif _in_place(graph, part, k):
+                    # The first gradient of the target overwrites the output gradient (same
+                    # size, read by this step alone): one buffer, the output gradient's.
+                    alias[target] = alias.get(out, out)
+                    steps[-1] = replace(steps[-1], text=steps[-1].text + " (input gradient in place)")
                 g_first.setdefault(target, s)
                 if op.kind in (OpKind.CONV_2D, OpKind.DEPTHWISE_CONV_2D, OpKind.FULLY_CONNECTED):
                     # Two passes (max of the int32 sums, then the normalized int16 values):
@@ -199,9 +288,7 @@ def program_memory(
                     macs_bwd += 2 * op_macs(graph, op)
                     lin = _linear_input_scratch(graph, op)
                     if lin:
-                        requests.append(
-                            BufferRequest(f"scratch:bwd-in:{part.op_index}", lin, s, s, BufferKind.SCRATCH)
-                        )
+                        requests.append(BufferRequest(f"scratch:bwd-in:{part.op_index}", lin, s, s, BufferKind.SCRATCH))
             if part.layer is not None and part.params.save_channels:
                 lay = part.layer.layer
                 kh, kw = lay.kernel
@@ -250,17 +337,21 @@ def program_memory(
             if part.layer is not None and part.layer.dynamic is not None:
                 requests.extend(dgsu_step_requests(part.layer, str(op.inputs[1]), s))
                 dgsu_last = s
+    last_of_root: dict[str, int] = {}
+    for name, root in alias.items():
+        last_of_root[root] = max(last_of_root.get(root, 0), g_last.get(name, g_first[name]))
     for name, f in g_first.items():
-        requests.append(
-            BufferRequest(
-                f"grad:{name}", _grad_bytes(graph.tensor(name).size), f, g_last.get(name, f), BufferKind.GRADIENT
-            )
-        )
+        if name in alias:
+            continue
+        g_end = max(g_last.get(name, f), last_of_root.get(name, 0))
+        size = _grad_bytes(graph.tensor(name).size)
+        requests.append(BufferRequest(f"grad:{name}", size, f, g_end, BufferKind.GRADIENT))
     requests.append(BufferRequest("state", STATE_BYTES, 0, 0, BufferKind.STATE))
     requests.extend(dgsu_state_requests(program.scheme, loss_step, dgsu_last))
     flash = sum(t.nbytes for t in graph.tensors if t.data is not None)
     macs_fwd = sum(op_macs(graph, op) for op in graph.ops)
-    return ProgramMemory(tuple(requests), tuple(steps), trainable, flash, macs_fwd, macs_bwd)
+    aliases = tuple((f"grad:{name}", f"grad:{root}") for name, root in alias.items())
+    return ProgramMemory(tuple(requests), tuple(steps), trainable, flash, macs_fwd, macs_bwd, aliases)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ Schemes come from a YAML/JSON file::
 or from a preset name with optional parameters: ``last-layer``, ``bias-only``,
 ``last-k:K``, ``tte[:bias=N,weights=I+J+K,ratios=R+S+T]``, ``full``,
 ``mobiletl:blocks=K[,act=sign|exact]``, ``dgsu:ratio=R[,…]``, ``dgsu-layers[:…]``
-(tinytrain/train/scheme_dgsu.py).
+(tinytrain/train/scheme_dgsu.py), ``vit-last:K``, ``vit-blocks:B1+B2+…`` (Vision
+Transformers: tinytrain/train/vit_blocks.py).
 """
 
 from __future__ import annotations
@@ -330,10 +331,43 @@ def preset(spec: str, graph: Graph) -> Scheme:
         from tinytrain.train.scheme_dgsu import dgsu_preset
 
         return dgsu_preset(spec, name, arg, layers)
+    if name in ("vit-last", "vit-blocks"):
+        return _vit(spec, name, arg, graph)
     raise UsageError(
         f"unknown scheme {spec!r} (presets: last-layer, bias-only, last-k:K, tte, full, mobiletl:blocks=K, "
-        "dgsu:ratio=R, dgsu-layers; or a file)"
+        "dgsu:ratio=R, dgsu-layers, vit-last:K, vit-blocks:B1+B2; or a file)"
     )
+
+
+def _vit(spec: str, name: str, arg: str, graph: Graph) -> Scheme:
+    """Vision Transformers (docs/schemes.md, "Vision Transformers"): the weights and biases of
+    every FULLY_CONNECTED of the chosen transformer blocks (query, key, value, attention
+    output, both MLP layers) and of the head train; everything else is frozen (the patch
+    embedding, the class token and position embedding, every LayerNorm, including the final
+    one's MUL/ADD constants). ``vit-last:K``: the last K blocks; ``vit-blocks:B1+B2+…``:
+    exactly those blocks (model block numbers, negative ones from the end)."""
+    from tinytrain.train.vit_blocks import head_layer, vit_blocks
+
+    vb = vit_blocks(graph)
+    n = len(vb.blocks)
+    if name == "vit-last":
+        if not arg:
+            raise UsageError(f"vit-last needs K, the number of last blocks to train (1..{n}), e.g. vit-last:2")
+        k = _int(arg, "vit-last's K")
+        if not 1 <= k <= n:
+            raise UsageError(f"vit-last:{k}: K must be in 1..{n} (the model's transformer blocks)")
+        chosen = list(vb.blocks[-k:])
+    else:
+        refs = [v for v in arg.split("+") if v]
+        if not refs:
+            raise UsageError(f"vit-blocks needs the blocks to train, e.g. vit-blocks:{vb.blocks[-2]}+{vb.blocks[-1]}")
+        chosen = [vb.resolve(_int(v, "vit-blocks block")) for v in refs]
+        if len(set(chosen)) != len(chosen):
+            raise UsageError(f"vit-blocks: block(s) listed twice in {arg!r}")
+    head = head_layer(graph, vb)
+    rules = [LayerRule(i, Update.FULL) for b in sorted(chosen) for i in vb.layers[b]]
+    rules.append(LayerRule(head.index, Update.FULL))
+    return Scheme(spec, tuple(rules))
 
 
 def _mobiletl(spec: str, arg: str, layers: tuple[Layer, ...]) -> Scheme:
