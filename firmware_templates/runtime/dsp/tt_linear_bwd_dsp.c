@@ -436,6 +436,17 @@ static int32_t dw_quad_has_sub(const tt_linear_bwd_params *p, const int8_t *w_su
     return (s[0] & s[1] & s[2] & s[3]) != -1; /* all -1 <=> none trained */
 }
 
+/* What the assembly block of dw_quad_sums reads (gt[0..3], wt[0..3]): "m" operands when
+ * optimizing; at -O0 those would need address registers of their own (GCC: "impossible
+ * constraints"), so a "memory" clobber instead. */
+#if defined(__OPTIMIZE__)
+#define DW_QUAD_READS(gt, wt) , "m"(*(const int16_t(*)[4])(gt)), "m"(*(const uint8_t(*)[4])(wt))
+#define DW_QUAD_CLOBBERS "cc"
+#else
+#define DW_QUAD_READS(gt, wt)
+#define DW_QUAD_CLOBBERS "cc", "memory"
+#endif
+
 /* The four sums of channels c..c+3 at an input pixel whose covering output window is
  * [oy0, oy1] x [ox0, ox1]. pre (or NULL): g' with pre[(oy * out_w + ox) * C + c + k]
  * the value of channel c + k; otherwise g' is computed from g_y at each tap. */
@@ -470,8 +481,8 @@ static inline void dw_quad_sums(const tt_linear_bwd_params *p, const int8_t *w, 
                         "1:"
                         : [g01] "=&r"(g01_), [g23] "=&r"(g23_), [v] "=&r"(v_), [e] "=&r"(e_), [s0] "+r"(s0),
                           [s1] "+r"(s1), [s2] "+r"(s2), [s3] "+r"(s3)
-                        : [gt] "r"(gt), [wt] "r"(wt), "m"(*(const int16_t(*)[4])gt), "m"(*(const uint8_t(*)[4])wt)
-                        : "cc");
+                        : [gt] "r"(gt), [wt] "r"(wt) DW_QUAD_READS(gt, wt)
+                        : DW_QUAD_CLOBBERS);
 #else
                 uint32_t g01, g23;
                 memcpy(&g01, gt, 4);
@@ -618,10 +629,68 @@ static int32_t all_trained(const tt_linear_bwd_params *p) {
     return 1;
 }
 
+/*
+ * FULLY_CONNECTED input gradient (in_c a multiple of 4, current weights in one [out][in]
+ * tensor) in one pass (sp_state): per row the g' of its outputs in the scratch (out_c
+ * int32, the reference's scratch), then per group of 4 inputs the four sums in registers,
+ * one 4-byte weight load + SXTB16 pair + 4 SMLAxy per output; units = (row, group) in order,
+ * each 4 contiguous g_x values. Returns r.
+ */
+static int32_t fc_input_grad(const tt_linear_bwd_params *p, const int8_t *w, const int16_t *g_y, int16_t *g_x,
+                             int32_t *gp) {
+    const int32_t cin = p->in_c, cout = p->out_c;
+    const int32_t shift = Q15_BITS + p->drop; /* 15..29 */
+    const int32_t half = (int32_t)1 << (shift - 1);
+    const int32_t groups = cin / 4;
+    sp_state st;
+    sp_init(&st);
+    int32_t unit = 0;
+    for (int32_t row = 0; row < p->in_h; ++row) {
+        const int16_t *gy = g_y + row * cout;
+        for (int32_t o = 0; o < cout; ++o) {
+            const int32_t g = gy[o];
+            gp[o] = g == 0 ? 0 : dsp_rdbpot(g * p->mu[o], shift, half);
+        }
+        int16_t *gx = g_x + row * cin;
+        for (int32_t q = 0; q < groups; ++q) {
+            uint32_t s0 = 0u, s1 = 0u, s2 = 0u, s3 = 0u;
+            const int8_t *wc = w + 4 * q;
+            for (int32_t o = 0; o < cout; ++o, wc += cin) {
+                const uint32_t gw = (uint32_t)gp[o];
+                const uint32_t v = tt_ld32(wc);
+                const uint32_t e = tt_sxtb16(v), od = tt_sxtb16_ror8(v);
+                s0 = tt_smlabb(e, gw, s0);
+                s1 = tt_smlabb(od, gw, s1);
+                s2 = tt_smlatb(e, gw, s2);
+                s3 = tt_smlatb(od, gw, s3);
+            }
+            const uint32_t sums[4] = {s0, s1, s2, s3};
+            sp_store(&st, unit++, sums, 4, gx + 4 * q);
+        }
+    }
+    const int32_t r = tt_grad_shift_u32(st.m, TT_GRAD_BITS);
+    sp_finish(&st, unit, 4, g_x, r);
+    return r;
+}
+
 /* Twin of tinytrain.train.kernels.linear_bwd.input_grad. */
 tt_status tt_linear_bwd_input_s16(const tt_linear_bwd_params *p, const int8_t *w, const int8_t *w_sub,
                                   const int16_t *g_y, int32_t e_y, int16_t *g_x, int32_t *e_x, void *scratch) {
     const int32_t dw = p != NULL && p->kind == TT_LINEAR_DEPTHWISE;
+    if (p != NULL && p->kind == TT_LINEAR_FC && params_ok(p) && p->in_c % 4 == 0 &&
+        (w_sub == NULL || all_trained(p))) {
+        if (w == NULL || g_y == NULL || g_x == NULL || e_x == NULL || (w_sub != NULL && p->n_channels == 0) ||
+            scratch == NULL) {
+            return TT_ERR_ARG;
+        }
+        if (!tt_grad_exp_ok(e_y) || p->k < -4096 || p->k > 4096) {
+            return TT_ERR_RANGE;
+        }
+        /* the slice of every channel in order is the whole current weight tensor */
+        const int32_t r = fc_input_grad(p, w_sub != NULL ? w_sub : w, g_y, g_x, (int32_t *)scratch);
+        *e_x = e_y + p->k + p->drop + r;
+        return TT_OK;
+    }
     if (!params_ok(p) || !(conv1x1_fast(p) || dw)) {
         return ref_input_s16(p, w, w_sub, g_y, e_y, g_x, e_x, scratch);
     }
