@@ -9,6 +9,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
+from tinytrain.errors import UsageError
 from tinytrain.ir.dtypes import DType
 from tinytrain.ir.ops import Activation, OpKind, Padding
 
@@ -22,11 +23,15 @@ def schema() -> Any:
 
 def _builtin_codes() -> MappingProxyType[OpKind, int]:
     ops = schema().BuiltinOperator
-    return MappingProxyType({kind: int(getattr(ops, kind.value)) for kind in OpKind})
+    return MappingProxyType({kind: int(getattr(ops, kind.value)) for kind in OpKind if hasattr(ops, kind.value)})
 
 
 def builtin_code(kind: OpKind) -> int:
-    return _builtin_codes()[kind]
+    """The schema op code of ``kind``; tinytrain's internal ops (e.g. TOKEN_SELECT) have none."""
+    code = _builtin_codes().get(kind)
+    if code is None:
+        raise UsageError(f"{kind.value} is an op of tinytrain's passes: it has no .tflite form")
+    return code
 
 
 def op_kind_of_code(code: int) -> OpKind | None:

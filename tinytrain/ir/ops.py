@@ -47,6 +47,8 @@ class OpKind(enum.Enum):
     GATHER = "GATHER"
     QUANTIZE = "QUANTIZE"
     DEQUANTIZE = "DEQUANTIZE"
+    # tinytrain-internal (no .tflite holds it): BSR's token dropping (TokenSelectAttrs)
+    TOKEN_SELECT = "TOKEN_SELECT"
 
 
 class Activation(enum.Enum):
@@ -173,6 +175,19 @@ class BatchMatMulAttrs:
     adj_y: bool = False
 
 
+@dataclass(frozen=True)
+class TokenSelectAttrs:
+    """TOKEN_SELECT (Block Selective Reprogramming, docs/schemes.md; inserted by
+    tinytrain/passes/token_drop.py, never read from a file): inputs ``x`` [1, T, D] (a
+    residual stream) and ``p`` [1, H, T, T] (the int8 attention probabilities of the block
+    that wrote ``x``); outputs ``x'`` [1, 1 + kept, D] (the class token, then the ``kept``
+    patch tokens of the largest class-token attention summed over the heads, in their
+    original order; ties to the lower index) and their positions in ``x`` [1, kept] (uint8,
+    ascending, each in 1..T−1; T ≤ 256)."""
+
+    kept: int
+
+
 OpAttrs = (
     NoAttrs
     | Conv2DAttrs
@@ -190,6 +205,7 @@ OpAttrs = (
     | StridedSliceAttrs
     | GatherAttrs
     | BatchMatMulAttrs
+    | TokenSelectAttrs
 )
 
 

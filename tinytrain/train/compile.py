@@ -30,7 +30,16 @@ from tinytrain.train.build import TrainingProgram, build_training_program
 from tinytrain.train.dgsu import dgsu_plan_summary
 from tinytrain.train.memory import ProgramMemory, plan_program, program_memory, saved_activations
 from tinytrain.train.planner import Plan
-from tinytrain.train.scheme import ResolvedScheme, Scheme, Update, get_scheme, load_scheme_file, resolve
+from tinytrain.train.scheme import (
+    ResolvedScheme,
+    Scheme,
+    Update,
+    get_scheme,
+    load_scheme_file,
+    resolve,
+    scheme_graph,
+    token_drop_data,
+)
 
 MODEL_FILE = "model.tflite"
 SCHEME_FILE = "scheme.json"
@@ -76,6 +85,9 @@ class Compiled:
     plan: Plan
     options: CompileOptions
     seconds: float
+    # The model as read, before the scheme's graph passes (BSR's TOKEN_SELECT); the artifact's
+    # model.tflite. None: the same as ``graph``.
+    source: Graph | None = None
 
 
 def parse_size(text: str) -> int:
@@ -111,6 +123,7 @@ def compile_graph(graph: Graph, scheme_spec: str, options: CompileOptions) -> Co
 def compile_scheme(graph: Graph, scheme: Scheme, options: CompileOptions) -> Compiled:
     """Resolves the scheme, builds the program and plans its memory within the budgets."""
     t0 = time.perf_counter()
+    source, graph = graph, scheme_graph(scheme, graph)
     resolved = resolve(scheme, graph)
     if resolved.dynamic and (options.batch > 1 or options.momentum > 0):
         raise UsageError(
@@ -125,7 +138,8 @@ def compile_scheme(graph: Graph, scheme: Scheme, options: CompileOptions) -> Com
             f"needs {memory.flash_bytes / KB:.1f} KB of flash for the model's constants, budget "
             f"{options.flash_bytes / KB:.1f} KB (over by {(memory.flash_bytes - options.flash_bytes) / KB:.1f} KB)"
         )
-    return Compiled(graph, resolved, program, memory, plan, options, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    return Compiled(graph, resolved, program, memory, plan, options, seconds, None if source is graph else source)
 
 
 def compile_model(model: str | Path, options: CompileOptions) -> Compiled:
@@ -153,6 +167,8 @@ def scheme_file_data(scheme: ResolvedScheme) -> dict[str, Any]:
     sign = [p.layer.index for p in scheme.layers if p.sign_act]
     if sign:  # MobileTL's sign rule from this layer on (scheme.py, LayerPlan.sign_act)
         out["sign_from"] = min(sign)
+    if scheme.token_drop is not None:  # BSR: re-applied to model.tflite when the artifact is loaded
+        out["token_drop"] = token_drop_data(scheme.token_drop)
     return out
 
 
@@ -160,7 +176,8 @@ def plan_json(c: Compiled) -> dict[str, Any]:
     m, plan = c.memory, c.plan
     return {
         "tinytrain_plan": 1,
-        "scheme": {"name": c.scheme.name, "layers": c.scheme.summary(), **dgsu_plan_summary(c.scheme)},
+        "scheme": {"name": c.scheme.name, "layers": c.scheme.summary(), **dgsu_plan_summary(c.scheme),
+                   **c.scheme.token_summary()},
         "sram": {
             "peak_bytes": plan.peak_live,
             "arena_bytes": plan.arena_size,
@@ -182,7 +199,7 @@ def plan_json(c: Compiled) -> dict[str, Any]:
 
 def write_artifact(c: Compiled, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / MODEL_FILE).write_bytes(write_tflite(c.graph))
+    (out / MODEL_FILE).write_bytes(write_tflite(c.graph if c.source is None else c.source))
     (out / SCHEME_FILE).write_text(json.dumps(scheme_file_data(c.scheme), indent=2) + "\n")
     (out / PLAN_FILE).write_text(json.dumps(plan_json(c), indent=2) + "\n")
     lines = [f"# tinytrain training program: scheme {c.scheme.name}, {len(c.memory.steps)} steps"]

@@ -46,7 +46,7 @@ from tinytrain.errors import UsageError
 from tinytrain.ir.ops import Op, OpKind
 from tinytrain.sim.kernel_spec import Inputs, Outputs
 from tinytrain.sim.kernels.core_common import unsupported
-from tinytrain.train.kernels import act_bwd, attn_bwd, layout_bwd, linear_bwd, norm_bwd, pool_bwd, shape_bwd
+from tinytrain.train.kernels import act_bwd, attn_bwd, layout_bwd, linear_bwd, norm_bwd, pool_bwd, shape_bwd, token_bwd
 from tinytrain.train.kernels.gradient import Grad
 from tinytrain.train.kernels.mask import SIGN_MASK_HI, apply_mask, clamp_mask
 from tinytrain.train.kernels.update import UpdateParams, prepare_update, update_bias, update_weights
@@ -66,8 +66,8 @@ class BackwardRequest:
 
 _NO_VALUES: Mapping[str, np.ndarray] = MappingProxyType({})
 
-# Names of the forward values a rule can read whole (``BackwardParams.saves``).
-SAVE_NAMES = ("in0", "in1", "out0")
+# Names of the forward values a rule can read whole (``BackwardParams.saves``); ``out1``: TOKEN_SELECT's indices.
+SAVE_NAMES = ("in0", "in1", "out0", "out1")
 
 
 @dataclass(frozen=True)
@@ -313,6 +313,13 @@ GRAD_RULES: MappingProxyType[OpKind, GradRule] = MappingProxyType(
             _grads(layout_bwd.concatenation_input_grads),
             produces=_kernel_produces,
         ),
+        # BSR's token dropping (tinytrain-internal op): scatter into the kept rows; p gets no gradient
+        OpKind.TOKEN_SELECT: GradRule(
+            (0,),
+            token_bwd.prepare_token_select_backward,
+            _grads(token_bwd.token_select_input_grads),
+            saves=_saves_if_grad(token_bwd.TOKEN_SELECT_SAVES),
+        ),
     }
 )
 
@@ -387,7 +394,7 @@ def save_forward(bp: BackwardParams, args: Sequence[np.ndarray | None], outs: Se
         x_sub = linear_bwd.select_input_channels(bp.kernel, x, bp.save_channels)
     values: dict[str, np.ndarray] = {}
     for name in bp.saves:
-        v = outs[0] if name == "out0" else args[int(name.removeprefix("in"))]
+        v = outs[int(name.removeprefix("out"))] if name.startswith("out") else args[int(name.removeprefix("in"))]
         if v is None:
             raise UsageError(f"{bp.op.describe()}: the forward value {name!r} is needed to save it")
         values[name] = np.array(v, copy=True)
@@ -396,7 +403,7 @@ def save_forward(bp: BackwardParams, args: Sequence[np.ndarray | None], outs: Se
 
 def saved_tensor(op: Op, name: str) -> str:
     """The tensor a saved value name (SAVE_NAMES) of ``op`` stands for."""
-    t = op.outputs[0] if name == "out0" else op.inputs[int(name.removeprefix("in"))]
+    t = op.outputs[int(name.removeprefix("out"))] if name.startswith("out") else op.inputs[int(name.removeprefix("in"))]
     if t is None:
         raise UsageError(f"{op.describe()}: saved value {name!r} is an absent input")
     return t

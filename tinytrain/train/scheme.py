@@ -22,7 +22,10 @@ or from a preset name with optional parameters: ``last-layer``, ``bias-only``,
 ``last-k:K``, ``tte[:bias=N,weights=I+J+K,ratios=R+S+T]``, ``full``,
 ``mobiletl:blocks=K[,act=sign|exact]``, ``dgsu:ratio=R[,…]``, ``dgsu-layers[:…]``
 (tinytrain/train/scheme_dgsu.py), ``vit-last:K``, ``vit-blocks:B1+B2+…`` (Vision
-Transformers: tinytrain/train/vit_blocks.py).
+Transformers: tinytrain/train/vit_blocks.py), ``bsr:blocks=B1+B2,drop_at=D1+D2[,keep=R]``
+(Block Selective Reprogramming: those blocks train and tokens are dropped after the frozen
+blocks D1, D2, …; the graph is rewritten by :func:`scheme_graph`, tinytrain/passes/token_drop.py;
+file form: a top-level ``token_drop: {drop_at: [1], keep: 0.5}``).
 """
 
 from __future__ import annotations
@@ -33,12 +36,15 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinytrain.errors import UsageError
 from tinytrain.ir.graph import Graph
 from tinytrain.ir.ops import OpKind
 from tinytrain.train.layers import Layer, linear_layers, resolve_layer
+
+if TYPE_CHECKING:
+    from tinytrain.passes.token_drop import TokenDrop
 
 
 class Update(enum.Enum):
@@ -71,6 +77,9 @@ class Scheme:
     # rule) back-propagate with the sign rule (LayerPlan.sign_act); None: exact clamp masks.
     # File form: a top-level ``sign_from: <layer>``.
     sign_from: str | int | None = None
+    # BSR: tokens dropped after these frozen blocks (tinytrain/passes/token_drop.py); the graph
+    # must be rewritten by scheme_graph() before the scheme is resolved against it.
+    token_drop: TokenDrop | None = None
 
 
 MAX_DYNAMIC_ROWS = 65535  # row indices are uint16 on the device
@@ -126,6 +135,11 @@ class ResolvedScheme:
     name: str
     layers: tuple[LayerPlan, ...]  # one per linear layer of the model, in order
     layer_select: LayerSelect | None = None
+    # BSR (set with token dropping): the drops, the tokens each transformer block runs on
+    # ((block, tokens), ascending) and each layer's input tokens (aligned with ``layers``).
+    token_drop: TokenDrop | None = None
+    block_tokens: tuple[tuple[int, int], ...] = ()
+    layer_tokens: tuple[int, ...] = ()
 
     @property
     def dynamic(self) -> tuple[LayerPlan, ...]:
@@ -154,9 +168,22 @@ class ResolvedScheme:
                 "in_channels": p.layer.in_channels,
                 **({"act_grad": "sign"} if p.sign_act else {}),
                 **({"dgsu": _dgsu_summary(p.dynamic)} if p.dynamic is not None else {}),
+                **({"tokens": self.layer_tokens[p.layer.index]} if self.layer_tokens else {}),
             }
             for p in self.trained
         ]
+
+    def token_summary(self) -> dict[str, Any]:
+        """BSR's token figures (empty without token dropping): the drops, the tokens each block
+        runs on and their sum, the tokens the blocks process per training step."""
+        if self.token_drop is None:
+            return {}
+        return {
+            "drop_at": list(self.token_drop.drop_at),
+            "keep": self.token_drop.keep,
+            "block_tokens": {str(b): t for b, t in self.block_tokens},
+            "tokens_per_step": sum(t for _, t in self.block_tokens),
+        }
 
 
 def _dgsu_summary(d: DynamicRows) -> dict[str, int]:
@@ -221,7 +248,7 @@ def _opt_int(data: Mapping[Any, Any], key: str, low: int) -> int | None:
 def scheme_from_mapping(data: object, name: str = "scheme") -> Scheme:
     if not isinstance(data, Mapping):
         raise UsageError("a scheme file must hold a mapping with a 'layers' list")
-    unknown = set(data) - {"name", "default", "layers", "sign_from", "layer_budget", "layer_explore"}
+    unknown = set(data) - {"name", "default", "layers", "sign_from", "layer_budget", "layer_explore", "token_drop"}
     if unknown:
         raise UsageError(f"scheme: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     entries = data.get("layers", [])
@@ -238,8 +265,33 @@ def scheme_from_mapping(data: object, name: str = "scheme") -> Scheme:
         raise UsageError(f"scheme: 'sign_from' must be a layer name or index, got {sign_from!r}")
     rules = tuple(_rule(e, i) for i, e in enumerate(entries))
     return Scheme(
-        str(data.get("name", name)), rules, default, layer_budget=budget, layer_explore=l_explore, sign_from=sign_from
+        str(data.get("name", name)),
+        rules,
+        default,
+        layer_budget=budget,
+        layer_explore=l_explore,
+        sign_from=sign_from,
+        token_drop=_token_drop_entry(data.get("token_drop")),
     )
+
+
+def token_drop_data(drop: TokenDrop) -> dict[str, Any]:
+    """The scheme-file form of a token drop (the inverse of the ``token_drop`` entry)."""
+    return {"drop_at": list(drop.drop_at), "keep": drop.keep}
+
+
+def _token_drop_entry(entry: object) -> TokenDrop | None:
+    """A scheme file's ``token_drop: {drop_at: [b, …], keep: r}`` (model block numbers)."""
+    from tinytrain.passes.token_drop import TokenDrop
+
+    if entry is None:
+        return None
+    if not isinstance(entry, Mapping) or set(entry) - {"drop_at", "keep"} or "drop_at" not in entry:
+        raise UsageError(f"scheme: 'token_drop' must be a mapping {{drop_at: [blocks], keep: fraction}}, got {entry!r}")
+    drop_at = entry["drop_at"]
+    if not isinstance(drop_at, list) or not all(isinstance(b, int) and not isinstance(b, bool) for b in drop_at):
+        raise UsageError(f"scheme: token_drop's 'drop_at' must be a list of block numbers, got {drop_at!r}")
+    return TokenDrop(tuple(drop_at), entry.get("keep", DEFAULT_KEEP))
 
 
 def load_scheme_file(path: str | Path) -> Scheme:
@@ -333,9 +385,11 @@ def preset(spec: str, graph: Graph) -> Scheme:
         return dgsu_preset(spec, name, arg, layers)
     if name in ("vit-last", "vit-blocks"):
         return _vit(spec, name, arg, graph)
+    if name == "bsr":
+        return _bsr(spec, arg, graph)
     raise UsageError(
         f"unknown scheme {spec!r} (presets: last-layer, bias-only, last-k:K, tte, full, mobiletl:blocks=K, "
-        "dgsu:ratio=R, dgsu-layers, vit-last:K, vit-blocks:B1+B2; or a file)"
+        "dgsu:ratio=R, dgsu-layers, vit-last:K, vit-blocks:B1+B2, bsr:blocks=B1+B2,drop_at=D1,keep=R; or a file)"
     )
 
 
@@ -346,7 +400,7 @@ def _vit(spec: str, name: str, arg: str, graph: Graph) -> Scheme:
     embedding, the class token and position embedding, every LayerNorm, including the final
     one's MUL/ADD constants). ``vit-last:K``: the last K blocks; ``vit-blocks:B1+B2+…``:
     exactly those blocks (model block numbers, negative ones from the end)."""
-    from tinytrain.train.vit_blocks import head_layer, vit_blocks
+    from tinytrain.train.vit_blocks import vit_blocks
 
     vb = vit_blocks(graph)
     n = len(vb.blocks)
@@ -364,10 +418,65 @@ def _vit(spec: str, name: str, arg: str, graph: Graph) -> Scheme:
         chosen = [vb.resolve(_int(v, "vit-blocks block")) for v in refs]
         if len(set(chosen)) != len(chosen):
             raise UsageError(f"vit-blocks: block(s) listed twice in {arg!r}")
+    return Scheme(spec, _vit_rules(graph, chosen))
+
+
+def _vit_rules(graph: Graph, chosen: list[int]) -> tuple[LayerRule, ...]:
+    """Every FULLY_CONNECTED of the chosen blocks and the head train in full."""
+    from tinytrain.train.vit_blocks import head_layer, vit_blocks
+
+    vb = vit_blocks(graph)
     head = head_layer(graph, vb)
     rules = [LayerRule(i, Update.FULL) for b in sorted(chosen) for i in vb.layers[b]]
     rules.append(LayerRule(head.index, Update.FULL))
-    return Scheme(spec, tuple(rules))
+    return tuple(rules)
+
+
+DEFAULT_KEEP = 0.5  # BSR's keep ratio when none is given
+
+
+def _bsr(spec: str, arg: str, graph: Graph) -> Scheme:
+    """Block Selective Reprogramming (docs/schemes.md, "Block Selective Reprogramming"): the
+    chosen blocks and the head train as in ``vit-blocks``; after each ``drop_at`` block (which
+    must be frozen) only the class token and the fraction ``keep`` of the patch tokens with
+    the largest class-token attention go on (tinytrain/passes/token_drop.py)."""
+    from tinytrain.passes.token_drop import TokenDrop, check_keep
+    from tinytrain.train.vit_blocks import vit_blocks
+
+    p = _params(arg, "bsr", {"blocks", "drop_at", "keep"})
+    vb = vit_blocks(graph)
+    b = vb.blocks
+    example = f"bsr:blocks={b[-2]}+{b[-1]},drop_at={b[-3]},keep=0.5" if len(b) > 2 else ""
+    for key in ("blocks", "drop_at"):
+        if not p.get(key):
+            raise UsageError(f"bsr needs {key}=B1+B2+… (model block numbers){', e.g. ' + example if example else ''}")
+    chosen = [vb.resolve(_int(v, "bsr block")) for v in p["blocks"].split("+") if v]
+    drops = [vb.resolve(_int(v, "bsr drop_at block")) for v in p["drop_at"].split("+") if v]
+    for what, refs in (("blocks", chosen), ("drop_at", drops)):
+        if len(set(refs)) != len(refs):
+            raise UsageError(f"bsr: {what} lists a block twice ({p[what]!r})")
+    trained_drops = sorted(set(chosen) & set(drops))
+    if trained_drops:
+        raise UsageError(
+            f"bsr: drop_at block(s) {trained_drops} also train: tokens are dropped only after frozen blocks "
+            "(whose attention, which picks the tokens, does not change while training)"
+        )
+    try:
+        keep = float(p.get("keep", DEFAULT_KEEP))
+    except ValueError:
+        raise UsageError(f"bsr: keep must be a number in (0, 1], got {p['keep']!r}") from None
+    check_keep(keep)
+    return Scheme(spec, _vit_rules(graph, chosen), token_drop=TokenDrop(tuple(sorted(drops)), keep))
+
+
+def scheme_graph(scheme: Scheme, graph: Graph) -> Graph:
+    """The graph a scheme trains: with BSR's TOKEN_SELECT ops inserted when the scheme drops
+    tokens (unchanged otherwise, or when the graph already has them)."""
+    if scheme.token_drop is None or any(op.kind is OpKind.TOKEN_SELECT for op in graph.ops):
+        return graph
+    from tinytrain.passes.token_drop import drop_tokens
+
+    return drop_tokens(graph, scheme.token_drop)
 
 
 def _mobiletl(spec: str, arg: str, layers: tuple[Layer, ...]) -> Scheme:
@@ -522,7 +631,35 @@ def resolve(scheme: Scheme, graph: Graph) -> ResolvedScheme:
             _check_weight_input(graph, layer, scheme.name)
         sign = sign_from is not None and layer.index >= sign_from
         plans.append(LayerPlan(layer, update, channels, dynamic=dynamic, sign_act=sign))
-    return _with_layer_select(scheme, ResolvedScheme(scheme.name, tuple(plans)))
+    return _with_layer_select(scheme, _with_tokens(scheme, graph, ResolvedScheme(scheme.name, tuple(plans))))
+
+
+def _with_tokens(scheme: Scheme, graph: Graph, rs: ResolvedScheme) -> ResolvedScheme:
+    """BSR: the graph must carry the scheme's TOKEN_SELECT ops (:func:`scheme_graph`); records
+    the tokens per block and per layer input."""
+    if scheme.token_drop is None:
+        return rs
+    from tinytrain.passes.token_drop import block_tokens
+
+    n_sel = sum(op.kind is OpKind.TOKEN_SELECT for op in graph.ops)
+    if n_sel != len(scheme.token_drop.drop_at):
+        raise UsageError(
+            f"scheme {scheme.name!r} drops tokens after blocks {list(scheme.token_drop.drop_at)}, but the graph has "
+            f"{n_sel} TOKEN_SELECT op(s): rewrite it with tinytrain.train.scheme.scheme_graph(scheme, graph) first"
+        )
+    layer_tokens = tuple(_input_tokens(graph, p.layer) for p in rs.layers)
+    return replace(
+        rs,
+        token_drop=scheme.token_drop,
+        block_tokens=tuple(sorted(block_tokens(graph).items())),
+        layer_tokens=layer_tokens,
+    )
+
+
+def _input_tokens(graph: Graph, layer: Layer) -> int:
+    """Rows of a layer's input: the token axis of a [1, T, D] input, 1 otherwise."""
+    shape = graph.tensor(layer.input).shape
+    return shape[1] if len(shape) == 3 else 1
 
 
 def _dynamic_rows(rule: LayerRule, layer: Layer, scheme: Scheme, graph: Graph) -> DynamicRows:

@@ -165,7 +165,9 @@ def prepare_binary(op: Op, inputs: Inputs, outputs: Outputs) -> BinaryParams:
 
 
 def run_binary(p: BinaryParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
-    """C twin: tt_add_s8 in firmware_templates/runtime/src/tt_eltwise.c (int8 ADD, same-shape inputs)."""
+    """C twin: tt_add_s8 in firmware_templates/runtime/src/tt_eltwise.c (int8 ADD, same-shape inputs).
+
+    C twin: tt_binary_s8 in firmware_templates/runtime/src/tt_vit_fwd.c (int8 ADD / SUB / MUL, broadcast)."""
     a, b = args[0], args[1]
     assert a is not None and b is not None
     if p.is_int8:

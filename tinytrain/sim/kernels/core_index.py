@@ -77,6 +77,7 @@ def _run_slices(p: SliceParams, x: np.ndarray) -> np.ndarray:
 
 
 def run_slice(p: SliceParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+    """C twin: tt_strided_slice_s8 in firmware_templates/runtime/src/tt_vit_fwd.c (int8 STRIDED_SLICE)."""
     x = args[0]
     assert x is not None
     return (_run_slices(p, x),)

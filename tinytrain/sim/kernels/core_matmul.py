@@ -253,6 +253,7 @@ def prepare_batch_matmul(op: Op, inputs: Inputs, outputs: Outputs) -> BatchMatMu
 
 
 def run_batch_matmul(p: BatchMatMulParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+    """C twin: tt_batch_matmul_s8 in firmware_templates/runtime/src/tt_vit_fwd.c (int8)."""
     x, y = args[0], args[1]
     assert x is not None and y is not None
     xf: np.ndarray

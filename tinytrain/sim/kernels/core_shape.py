@@ -133,6 +133,7 @@ def prepare_transpose(op: Op, inputs: Inputs, outputs: Outputs) -> TransposePara
 
 
 def run_transpose(p: TransposeParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+    """C twin: tt_transpose_s8 in firmware_templates/runtime/src/tt_vit_fwd.c (int8, rank <= 6)."""
     x = args[0]
     assert x is not None
     return (np.ascontiguousarray(np.transpose(x, p.perm)),)
@@ -188,6 +189,7 @@ def prepare_concatenation(op: Op, inputs: Inputs, outputs: Outputs) -> ConcatPar
 
 
 def run_concatenation(p: ConcatParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+    """C twin: tt_concat_s8 in firmware_templates/runtime/src/tt_vit_fwd.c (int8)."""
     arrs = [a for a in args if a is not None]
     if p.axis != 0 and len(arrs) > 1:
         n = max(a.shape[0] for a in arrs)

@@ -69,6 +69,7 @@ def prepare_rsqrt(op: Op, inputs: Inputs, outputs: Outputs) -> RsqrtParams:
 
 
 def run_rsqrt(params: RsqrtParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+    """C twin: tt_lut_s8 in firmware_templates/runtime/src/tt_vit_fwd.c (int8: the table)."""
     x = args[0]
     assert x is not None
     if params.table is None:

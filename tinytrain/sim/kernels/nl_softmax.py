@@ -94,6 +94,7 @@ def _sum_of_exps(exps_q0: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def run_softmax(params: SoftmaxParams, args: Sequence[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+    """C twin: tt_softmax_s8 in firmware_templates/runtime/src/tt_vit_fwd.c (int8 -> int8)."""
     raw = args[0]
     assert raw is not None
     out_dtype = np.dtype(params.out_dtype)

@@ -163,7 +163,7 @@ def batch_matmul_input_grads(
 ) -> dict[int, Grad]:
     """``{i: dL/d(input i)}`` for the wanted non-constant operands (stored layouts).
 
-    C twin (next session): tt_batch_matmul_bwd_s16."""
+    C twin: tt_batch_matmul_bwd_s16 in firmware_templates/runtime/src/tt_vit_bwd.c (one operand per call)."""
     check_grad(g_y, p.out_shape, "BATCH_MATMUL")
     out: dict[int, Grad] = {}
     for i in p.grad_inputs:
@@ -233,7 +233,7 @@ def softmax_input_grads(
     ``u = y_q − z_y``, ``S = Σ_j g_j u_j`` per row, ``t_i = g_i · 2^m − S``,
     ``acc_i = u_i · t_i · μ_β`` (int64), ``normalize(acc, e − 2m + k_β − 15)``.
 
-    C twin (next session): tt_softmax_bwd_s16."""
+    C twin: tt_softmax_bwd_s16 in firmware_templates/runtime/src/tt_vit_bwd.c."""
     if 0 not in wanted:
         return {}
     check_grad(g_y, p.shape, "SOFTMAX")

@@ -58,7 +58,7 @@ def transpose_input_grads(
 ) -> dict[int, Grad]:
     """``{0: g_y transposed by the inverse permutation}`` (same exponent).
 
-    C twin (next session): tt_transpose_s16."""
+    C twin: tt_transpose_bwd_s16 in firmware_templates/runtime/src/tt_vit_bwd.c."""
     if 0 not in wanted:
         return {}
     out_shape = tuple(p.in_shape[i] for i in np.argsort(p.inverse))
@@ -87,7 +87,7 @@ def strided_slice_input_grads(
 ) -> dict[int, Grad]:
     """``{0: zeros of the input's shape with g_y at the positions read}`` (same exponent).
 
-    C twin (next session): tt_strided_slice_bwd_s16."""
+    C twin: tt_strided_slice_bwd_s16 in firmware_templates/runtime/src/tt_vit_bwd.c."""
     if 0 not in wanted:
         return {}
     if g_y.g.size != int(np.prod(p.kept_shape)):
@@ -130,7 +130,7 @@ def concatenation_input_grads(
     """``{i: the slice of g_y that input i filled}`` for the wanted non-constant inputs
     (same exponent).
 
-    C twin (next session): tt_concat_bwd_s16 (one input per call)."""
+    C twin: tt_concat_bwd_s16 in firmware_templates/runtime/src/tt_vit_bwd.c (one input per call)."""
     out: dict[int, Grad] = {}
     for i in p.grad_inputs:
         if i not in wanted:

@@ -234,7 +234,7 @@ def mul_input_grads(
     ``acc = μ_j · Σ_bcast g · (q_j − z_j)`` (int64, exact) with ``j`` the other operand, then
     ``normalize(acc, e + k_j − 15)`` (x·x: ``+ 1``).
 
-    C twin (next session): tt_mul_bwd_s16."""
+    C twin: tt_mul_bwd_s16 in firmware_templates/runtime/src/tt_vit_bwd.c (one input per call)."""
     check_grad(g_y, p.out_shape, "MUL")
     g = g_y.g.astype(np.int64)
     if p.square:
@@ -291,7 +291,7 @@ def sub_input_grads(
     """``{0: g, 1: −g}`` (same exponent) for the wanted non-constant inputs; a broadcast
     input gets the int32 sum over its broadcast axes, normalized.
 
-    C twin (next session): tt_sub_bwd_s16 (input 1: negated)."""
+    C twin: tt_sub_bwd_s16 in firmware_templates/runtime/src/tt_vit_bwd.c (one input per call)."""
     check_grad(g_y, p.out_shape, "SUB")
     out: dict[int, Grad] = {}
     for i in p.grad_inputs:
@@ -340,7 +340,7 @@ def mean_input_grads(
     ``normalize(acc, e − k − 15)``; for ``n = 2^k`` (``μ = 2^15``) the mantissas are
     copied and the exponent is ``e − k`` (exact, no rounding).
 
-    C twin (next session): tt_mean_last_bwd_s16."""
+    C twin: tt_mean_last_bwd_s16 in firmware_templates/runtime/src/tt_vit_bwd.c."""
     if 0 not in wanted:
         return {}
     if g_y.g.size != math.prod(p.keep_shape):
@@ -387,7 +387,7 @@ def rsqrt_input_grads(
     """``{0: −½ y³ g}`` from the saved int8 output: ``u = y_q − z_y``,
     ``acc = −g · u³ · μ`` (int64, ``|acc| < 2^53``), ``normalize(acc, e + k − 16)``.
 
-    C twin (next session): tt_rsqrt_bwd_s16."""
+    C twin: tt_rsqrt_bwd_s16 in firmware_templates/runtime/src/tt_vit_bwd.c."""
     if 0 not in wanted:
         return {}
     check_grad(g_y, p.shape, "RSQRT")
