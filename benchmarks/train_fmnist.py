@@ -22,6 +22,14 @@ preset before it). Every int8 row records the fraction of the conv weights updat
 over the run; ``--plot`` draws test accuracy against peak SRAM.
 
 Writes ``benchmarks/results/train_fmnist.json`` and a markdown table.
+
+The README table (learning-rate grids; ``--collect`` gathers the finished rows)::
+
+    python benchmarks/train_fmnist.py --collect --schedule cosine --lr 0.01 \
+      --lr-for tte=0.003+0.001 --lr-for bias-only=0.003 --lr-for dgsu:ratio=0.02=0.003+0.001 \
+      --lr-for dgsu:ratio=0.02,weights=50=0.003+0.001+0.01 --lr-for mobiletl:blocks=2=0.003+0.001 \
+      --lr-for mobiletl:blocks=4=0.003+0.001 \
+      --schemes last-layer,bias-only,tte,dgsu:ratio=0.02,dgsu:ratio=0.02,weights=50,mobiletl:blocks=2,mobiletl:blocks=4
 """
 
 from __future__ import annotations
