@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers_vit import write_tiny_vit
 from tinytrain.errors import UsageError
 from tinytrain.ir.dtypes import DType
 from tinytrain.ir.graph import Graph
@@ -37,9 +38,7 @@ BSR = "bsr:blocks=2+3,drop_at=1,keep=0.5"
 
 @pytest.fixture(scope="module")
 def vit_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("bsr") / "tiny_vit.tflite"
-    path.write_bytes(zoo.tiny_vit(tmp_path_factory.mktemp("bsr_zoo")))
-    return path
+    return write_tiny_vit(tmp_path_factory.mktemp("bsr"))
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,16 @@ Random cases also run in a UBSan build (no recovery: undefined behaviour aborts)
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 
+from tests.helpers_vit import VitRun, act, const
+from tests.helpers_vit import op_of as build_op
+from tests.helpers_vit import vit_run as run_vit
 from tinytrain.errors import TinytrainError
-from tinytrain.frontends.tflite import load_tflite
-from tinytrain.ir.dtypes import DType
-from tinytrain.ir.graph import Graph
 from tinytrain.ir.ops import (
     Activation,
     BatchMatMulAttrs,
@@ -31,11 +30,9 @@ from tinytrain.ir.ops import (
     SoftmaxAttrs,
     StridedSliceAttrs,
 )
-from tinytrain.ir.tensor import Quantization, Tensor, TensorKind
-from tinytrain.sim.forward import Simulator
+from tinytrain.ir.tensor import Quantization, Tensor
 from tinytrain.sim.kernel_spec import Inputs, Outputs
 from tinytrain.testing import c_vit as cv
-from tinytrain.testing import zoo
 from tinytrain.testing.cbuild import RUNTIME_SRC, build_shared
 from tinytrain.train.kernels import attn_bwd, layout_bwd, norm_bwd
 from tinytrain.train.kernels.gradient import GRAD_BITS, Grad
@@ -56,41 +53,13 @@ def libs(tmp_path_factory: pytest.TempPathFactory) -> Libs:
     return plain, ubsan
 
 
-@dataclasses.dataclass(frozen=True)
-class VitRun:
-    graph: Graph
-    values: dict[str, np.ndarray]
-
-
 @pytest.fixture(scope="session")
 def vit_run(tmp_path_factory: pytest.TempPathFactory) -> VitRun:
-    graph = load_tflite(zoo.tiny_vit(tmp_path_factory.mktemp("vit")))
-    names = tuple(t.name for t in graph.tensors if t.data is None and t.name not in graph.inputs)
-    sim = Simulator(dataclasses.replace(graph, outputs=names))
-    (x_name,) = graph.inputs
-    scale, zp = graph.tensor(x_name).qparams
-    x = zoo.sample_inputs("tiny_vit", 1, seed=6)[0]
-    q = np.clip(np.round(x / scale) + zp, -128, 127).astype(np.int8)
-    values = {x_name: q, **dict(zip(names, sim.run([q]), strict=True))}
-    for t in graph.tensors:
-        if t.data is not None:
-            values[t.name] = np.asarray(t.data)
-    return VitRun(graph, values)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def act(name: str, shape: Sequence[int], scale: float, zp: int) -> Tensor:
-    return Tensor(name, tuple(shape), DType.INT8, TensorKind.ACTIVATION, Quantization.per_tensor(scale, zp))
-
-
-def const(name: str, data: np.ndarray, quant: Quantization | None = None) -> Tensor:
-    return Tensor(name, tuple(data.shape), DType.from_numpy(data.dtype), TensorKind.CONSTANT, quant, data)
+    return run_vit(tmp_path_factory.mktemp("vit"), seed=6)
 
 
 def op_of(kind: OpKind, ins: Sequence[Tensor], outs: Sequence[Tensor], attrs: Any) -> Op:
-    return Op(kind, tuple(t.name for t in ins), tuple(t.name for t in outs), attrs, index=9)
+    return build_op(kind, ins, outs, attrs, index=9)
 
 
 def i8(rng: np.random.Generator, shape: Sequence[int]) -> np.ndarray:

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.helpers_vit import VitRun, act, const
+from tests.helpers_vit import op_of as build_op
+from tests.helpers_vit import vit_run as run_vit
 from tinytrain.errors import UnsupportedOpError
-from tinytrain.frontends.tflite import load_tflite
-from tinytrain.ir.dtypes import DType
-from tinytrain.ir.graph import Graph
 from tinytrain.ir.ops import (
     Activation,
     BatchMatMulAttrs,
@@ -32,12 +32,10 @@ from tinytrain.ir.ops import (
     SoftmaxAttrs,
     StridedSliceAttrs,
 )
-from tinytrain.ir.tensor import Quantization, Tensor, TensorKind
-from tinytrain.sim.forward import Simulator
+from tinytrain.ir.tensor import Quantization, Tensor
 from tinytrain.sim.kernels import KERNELS
 from tinytrain.testing import c_forward as cf
 from tinytrain.testing import c_vit as cv
-from tinytrain.testing import zoo
 from tinytrain.testing.cbuild import RUNTIME_INCLUDE, RUNTIME_SRC, build_shared
 
 SOURCES = ("tt_vit_fwd.c", "tt_vit_bwd.c", "tt_pool.c")
@@ -53,41 +51,13 @@ def lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     return lib
 
 
-@dataclasses.dataclass(frozen=True)
-class VitRun:
-    graph: Graph
-    values: dict[str, np.ndarray]  # every tensor of one forward pass (constants: their data)
-
-
 @pytest.fixture(scope="session")
 def vit_run(tmp_path_factory: pytest.TempPathFactory) -> VitRun:
-    graph = load_tflite(zoo.tiny_vit(tmp_path_factory.mktemp("vit")))
-    names = tuple(t.name for t in graph.tensors if t.data is None and t.name not in graph.inputs)
-    sim = Simulator(dataclasses.replace(graph, outputs=names))
-    (x_name,) = graph.inputs
-    scale, zp = graph.tensor(x_name).qparams
-    x = zoo.sample_inputs("tiny_vit", 1, seed=5)[0]
-    q = np.clip(np.round(x / scale) + zp, -128, 127).astype(np.int8)
-    values = {x_name: q, **dict(zip(names, sim.run([q]), strict=True))}
-    for t in graph.tensors:
-        if t.data is not None:
-            values[t.name] = np.asarray(t.data)
-    return VitRun(graph, values)
-
-
-# ------------------------------------------------------------------------ IR building
-
-
-def act(name: str, shape: Sequence[int], scale: float, zp: int) -> Tensor:
-    return Tensor(name, tuple(shape), DType.INT8, TensorKind.ACTIVATION, Quantization.per_tensor(scale, zp))
-
-
-def const(name: str, data: np.ndarray, quant: Quantization | None = None) -> Tensor:
-    return Tensor(name, tuple(data.shape), DType.from_numpy(data.dtype), TensorKind.CONSTANT, quant, data)
+    return run_vit(tmp_path_factory.mktemp("vit"), seed=5)
 
 
 def op_of(kind: OpKind, ins: Sequence[Tensor], outs: Sequence[Tensor], attrs: Any) -> Op:
-    return Op(kind, tuple(t.name for t in ins), tuple(t.name for t in outs), attrs, index=7)
+    return build_op(kind, ins, outs, attrs, index=7)
 
 
 def run_np(op: Op, ins: Sequence[Tensor], outs: Sequence[Tensor], args: Sequence[np.ndarray]) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.helpers_vit import write_tiny_vit
 from tinytrain.errors import UsageError
 from tinytrain.frontends.tflite import load_tflite
 from tinytrain.ir.graph import Graph
@@ -43,9 +44,7 @@ SCHEMES = ("vit-last:1", "vit-last:2", "vit-blocks:2")
 
 @pytest.fixture(scope="module")
 def vit_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("vit") / "tiny_vit.tflite"
-    path.write_bytes(zoo.tiny_vit(tmp_path_factory.mktemp("vit_zoo")))
-    return path
+    return write_tiny_vit(tmp_path_factory.mktemp("vit"))
 
 
 @pytest.fixture(scope="module")
