@@ -656,6 +656,25 @@ enum { TT_DSP_RQ_ANY = 0, TT_DSP_RQ_FAST = 1, TT_DSP_RQ_FULL = 2, TT_DSP_RQ_RELU
 
 /* Rows 0 .. rows - 1 (x + r * x_stride, k4 words each) of one channel pair (pre-extended wx,
  * constants cp) into y + r * y_stride + 0 / 1, requantized per mode (TT_DSP_RQ_*). */
+/* One row against a channel pair (the odd last row of the pair GEMMs): *a0 / *a1 start at the biases and gain
+ * the row's dot products with channel 0 and channel 1 (wx interleaves the pair's even / odd byte lanes). */
+static TT_DSP_ALWAYS_INLINE void tt_dsp_pair_row_sums(const int8_t *pa, const uint32_t *pw, int32_t k4, uint32_t *a0,
+                                                      uint32_t *a1) {
+    uint32_t s0 = *a0, s1 = *a1;
+    for (int32_t j = 0; j < k4; ++j) {
+        const uint32_t xa = tt_ld32(pa);
+        const uint32_t xae = tt_sxtb16(xa), xao = tt_sxtb16_ror8(xa);
+        s0 = tt_smlad(xae, pw[0], s0);
+        s0 = tt_smlad(xao, pw[1], s0);
+        s1 = tt_smlad(xae, pw[2], s1);
+        s1 = tt_smlad(xao, pw[3], s1);
+        pa += 4;
+        pw += 4;
+    }
+    *a0 = s0;
+    *a1 = s1;
+}
+
 static TT_DSP_ALWAYS_INLINE void tt_dsp_pair_rows(const int8_t *x, size_t x_stride, int32_t rows, int32_t k4, const uint32_t *wx,
                                     const tt_dsp_pair *cp, int8_t *y, size_t y_stride, int mode) {
     const int32_t zp = cp->zp, lo_z = cp->lo_z, hi_z = cp->hi_z;
@@ -679,19 +698,8 @@ static TT_DSP_ALWAYS_INLINE void tt_dsp_pair_rows(const int8_t *x, size_t x_stri
         y += 2 * y_stride;
     }
     if ((rows & 1) != 0) {
-        const int8_t *pa = x;
-        const uint32_t *pw = wx;
         uint32_t a00 = cp->b0, a01 = cp->b1;
-        for (int32_t j = 0; j < k4; ++j) {
-            const uint32_t xa = tt_ld32(pa);
-            const uint32_t xae = tt_sxtb16(xa), xao = tt_sxtb16_ror8(xa);
-            a00 = tt_smlad(xae, pw[0], a00);
-            a00 = tt_smlad(xao, pw[1], a00);
-            a01 = tt_smlad(xae, pw[2], a01);
-            a01 = tt_smlad(xao, pw[3], a01);
-            pa += 4;
-            pw += 4;
-        }
+        tt_dsp_pair_row_sums(x, wx, k4, &a00, &a01);
         y[0] = tt_dsp_rq_s8(a00, &cp->rq[0], zp, lo_z, hi_z);
         y[1] = tt_dsp_rq_s8(a01, &cp->rq[1], zp, lo_z, hi_z);
     }
@@ -1139,19 +1147,8 @@ static TT_DSP_ALWAYS_INLINE void tt_dsp_pair_sm_rows(const int8_t *x, size_t x_s
         y += 2 * y_stride;
     }
     if ((rows & 1) != 0) {
-        const int8_t *pa = x;
-        const uint32_t *pw = wx;
         uint32_t a00 = cp->b0, a01 = cp->b1;
-        for (int32_t j = 0; j < k4; ++j) {
-            const uint32_t xa = tt_ld32(pa);
-            const uint32_t xae = tt_sxtb16(xa), xao = tt_sxtb16_ror8(xa);
-            a00 = tt_smlad(xae, pw[0], a00);
-            a00 = tt_smlad(xao, pw[1], a00);
-            a01 = tt_smlad(xae, pw[2], a01);
-            a01 = tt_smlad(xao, pw[3], a01);
-            pa += 4;
-            pw += 4;
-        }
+        tt_dsp_pair_row_sums(x, wx, k4, &a00, &a01);
         y[0] = (int8_t)tt_ssat8(tt_dsp_sm_out(a00, cp->q0, cp->kc0, cp->r0, sign));
         y[1] = (int8_t)tt_ssat8(tt_dsp_sm_out(a01, cp->q1, cp->kc1, cp->r1, sign));
     }

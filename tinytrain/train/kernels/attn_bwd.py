@@ -44,8 +44,6 @@ from tinytrain.sim.kernel_spec import Inputs, Outputs
 from tinytrain.sim.kernels.core_common import (
     INT8_MAX,
     INT8_MIN,
-    check_arity,
-    check_shape,
     graph_error,
     tensor_at,
     unsupported,
@@ -63,6 +61,7 @@ from tinytrain.train.kernels.norm_bwd import (
     qparams8,
     reduce_to,
     saved_array,
+    unary_int8,
 )
 
 # The forward values read whole by the backward (names from "in0", "in1", "out0").
@@ -200,22 +199,16 @@ class SoftmaxBwdParams:
 
 def prepare_softmax_backward(op: Op, inputs: Inputs, outputs: Outputs) -> SoftmaxBwdParams:
     """Validates an int8 -> int8 SOFTMAX whose output scale is a power of two."""
-    check_arity(op, inputs, outputs, (1,))
-    if not isinstance(op.attrs, SoftmaxAttrs):
-        raise graph_error(op, f"expects SoftmaxAttrs, got {type(op.attrs).__name__}")
-    x, y = tensor_at(op, inputs, 0), outputs[0]
-    qparams8(op, x, "input")
-    s_y, z_y = qparams8(op, y, "output")
-    check_shape(op, y, x.shape, "output")
+    attrs, x, _, s_y, z_y = unary_int8(op, inputs, outputs, SoftmaxAttrs)
     if not x.shape:
         raise graph_error(op, "SOFTMAX of a scalar")
     mant, exp = math.frexp(s_y)
     if mant != 0.5:
         raise unsupported(op, f"training needs a power-of-two SOFTMAX output scale, got {s_y!r}")
     m = 1 - exp
-    beta = float(np.float32(op.attrs.beta))
+    beta = float(np.float32(attrs.beta))
     if not (math.isfinite(beta) and beta > 0.0):
-        raise unsupported(op, f"beta {op.attrs.beta!r} must be finite and positive")
+        raise unsupported(op, f"beta {attrs.beta!r} must be finite and positive")
     beta_mu, beta_k = q15(beta)
     n = x.shape[-1]
     u_max = max(INT8_MAX - z_y, z_y - INT8_MIN)

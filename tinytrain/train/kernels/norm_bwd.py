@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -88,6 +89,22 @@ def qparams8(op: Op, t: Tensor, role: str) -> tuple[float, int]:
     if not (math.isfinite(s) and s > 0.0):
         raise unsupported(op, f"{role} {t.name!r} scale {s!r} must be finite and positive")
     return s, z
+
+
+_A = TypeVar("_A")
+
+
+def unary_int8(op: Op, inputs: Inputs, outputs: Outputs, attrs: type[_A]) -> tuple[_A, Tensor, Tensor, float, int]:
+    """(attributes, x, y, s_y, z_y) of a one-input int8 op whose output has the input's shape."""
+    check_arity(op, inputs, outputs, (1,))
+    a = op.attrs
+    if not isinstance(a, attrs):
+        raise graph_error(op, f"expects {attrs.__name__}, got {type(a).__name__}")
+    x, y = tensor_at(op, inputs, 0), outputs[0]
+    qparams8(op, x, "input")
+    s_y, z_y = qparams8(op, y, "output")
+    check_shape(op, y, x.shape, "output")
+    return a, x, y, s_y, z_y
 
 
 def real_range(t: Tensor, scale: float, zp: int) -> tuple[float, float]:
@@ -366,13 +383,7 @@ class RsqrtBwdParams:
 
 def prepare_rsqrt_backward(op: Op, inputs: Inputs, outputs: Outputs) -> RsqrtBwdParams:
     """Validates an int8 RSQRT for training."""
-    check_arity(op, inputs, outputs, (1,))
-    if not isinstance(op.attrs, NoAttrs):
-        raise graph_error(op, f"unexpected attributes {type(op.attrs).__name__}")
-    x, y = tensor_at(op, inputs, 0), outputs[0]
-    qparams8(op, x, "input")
-    s_y, z_y = qparams8(op, y, "output")
-    check_shape(op, y, x.shape, "output")
+    _, _, y, s_y, z_y = unary_int8(op, inputs, outputs, NoAttrs)
     try:
         mu, k = q15(s_y**3)
     except UsageError as err:
