@@ -121,6 +121,7 @@ def test_softmax_ce_gradient_matches_float() -> None:
         soft /= soft.sum()
         ref = soft.copy()
         ref[0, label] -= 1.0
+        ref[((q == 127) & (ref < 0)) | ((q == -128) & (ref > 0))] = 0.0  # one-sided at saturation
         ours = grad_to_float(grad)
         assert grad.shape == (1, classes) and grad.g.dtype == np.int16
         assert np.abs(ours - ref).max() < 2e-3, trial
@@ -130,6 +131,23 @@ def test_softmax_ce_gradient_matches_float() -> None:
         assert 0 <= p_label < 65536
     with pytest.raises(UsageError):
         softmax_ce_grad(p, q, classes)
+
+
+def test_softmax_ce_gradient_is_one_sided_at_saturated_logits() -> None:
+    """A logit at +127 may only be pushed down, one at -128 only up; others pass unchanged."""
+    logits = Tensor("logits", (1, 4), DType.INT8, TensorKind.ACTIVATION, Quantization.per_tensor(0.0625, 0))
+    p = prepare_softmax_ce(logits)
+    q = np.array([[127, 127, -128, 10]], np.int8)
+    g_true_sat, _ = softmax_ce_grad(p, q, 0)  # the true class saturated high: no push up
+    g = grad_to_float(g_true_sat).ravel()
+    assert g[0] == 0.0 and g[1] > 0.1 and g[3] > 0.0  # the wrong saturated logit is still pushed down
+    assert g[2] == 0.0  # a wrong logit at -128 is not pushed further down (its p is tiny anyway)
+    g_low, _ = softmax_ce_grad(p, q, 2)  # the true class saturated low: pushed up
+    gl = grad_to_float(g_low).ravel()
+    assert gl[2] < -0.9 and gl[0] > 0.0 and gl[1] > 0.0
+    unsat = np.array([[100, 50, -100, 10]], np.int8)
+    g_free, _ = softmax_ce_grad(p, unsat, 0)
+    assert grad_to_float(g_free).ravel()[0] < 0.0  # below saturation the true logit is pushed up
 
 
 # ------------------------------------------------------------------ PRNG

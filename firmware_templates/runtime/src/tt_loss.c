@@ -104,6 +104,16 @@ static inline int32_t softmax_exp(const tt_softmax_ce_params *p, int32_t diff) {
     return exp_on_negative_values_q5(tt_srdhm(shifted, p->input_multiplier));
 }
 
+/* p - onehot(label) in units of 2^-16 from the int16 probability q; zero where the logit is
+ * saturated and the gradient would push it further out (+127 pushed up, -128 pushed down). */
+static inline int32_t ce_acc(int32_t q, int8_t logit, int32_t is_label) {
+    const int32_t acc = q - PROB_ZERO_POINT - (is_label ? ((int32_t)1 << PROB_BITS) : 0);
+    if ((logit == 127 && acc < 0) || (logit == -128 && acc > 0)) {
+        return 0;
+    }
+    return acc;
+}
+
 /* Twin of tinytrain.train.kernels.loss.softmax_ce_grad. */
 tt_status tt_softmax_ce_grad_s8(const tt_softmax_ce_params *p, const int8_t *logits, int32_t label, int16_t *g,
                                 int32_t *e, int32_t *p_label, int32_t *predicted) {
@@ -156,7 +166,7 @@ tt_status tt_softmax_ce_grad_s8(const tt_softmax_ce_params *p, const int8_t *log
             q = (int32_t)tt_clamp64(unsat + PROB_ZERO_POINT, TT_INT16_MIN, TT_INT16_MAX);
         }
         g[i] = (int16_t)q;
-        int32_t acc = q - PROB_ZERO_POINT - (i == label ? ((int32_t)1 << PROB_BITS) : 0);
+        int32_t acc = ce_acc(q, logits[i], i == label);
         uint32_t a = tt_abs_u32(acc);
         m = a > m ? a : m;
     }
@@ -164,7 +174,7 @@ tt_status tt_softmax_ce_grad_s8(const tt_softmax_ce_params *p, const int8_t *log
     /* Pass 2: normalize acc in place. */
     int32_t r = tt_grad_shift_u32(m, TT_GRAD_BITS);
     for (int32_t i = 0; i < n; ++i) {
-        int32_t acc = (int32_t)g[i] - PROB_ZERO_POINT - (i == label ? ((int32_t)1 << PROB_BITS) : 0);
+        int32_t acc = ce_acc(g[i], logits[i], i == label);
         g[i] = tt_grad_scale32(acc, r);
     }
     *e = -PROB_BITS + r;

@@ -5,6 +5,13 @@ simulator's kernel, prepared on a hand-built op whose output has the quantizatio
 TFLite Micro requires: scale 1/65536, zero point −32768), so ``p_i = P_i / 65536`` with
 ``P_i = p_q_i + 32768``. The gradient with respect to the real logits is
 ``p − onehot(label)``: ``acc_i = P_i − 65536·[i = label]`` at exponent −16, normalized.
+
+The logits' int8 saturation is crossed one-sidedly: a logit at +127 keeps its gradient
+only when the gradient pushes it down (``acc_i > 0``), one at −128 only when it pushes it
+up (``acc_i < 0``); every other logit passes straight through. Without a mask a saturated
+*true* logit keeps being pushed up with no effect on the forward, inflating the features
+until every logit saturates; with a two-sided mask a saturated *wrong* logit could never be
+pushed down again. Both made late training collapse (docs/numerics.md, "Loss").
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from tinytrain.train.kernels.gradient import Grad, normalize
 
 PROB_BITS = 16  # probabilities are integers in units of 2^-16
 PROB_ZERO_POINT = -32768
+LOGIT_MIN, LOGIT_MAX = -128, 127  # int8 saturation of the logits
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,4 +70,6 @@ def softmax_ce_grad(p: SoftmaxCEParams, logits_q: np.ndarray, label: int) -> tup
     acc = probs.reshape(-1).astype(np.int64) - PROB_ZERO_POINT
     p_label = int(acc[label])
     acc[label] -= 1 << PROB_BITS
+    flat = x.reshape(-1)
+    acc[((flat == LOGIT_MAX) & (acc < 0)) | ((flat == LOGIT_MIN) & (acc > 0))] = 0
     return normalize(acc.reshape(x.shape), -PROB_BITS), p_label
