@@ -29,14 +29,21 @@ class PipePort:
         with self.lock:
             return len(self.buf)
 
+    def take(self, size: int) -> bytes | None:
+        """Up to ``size`` buffered bytes, or None when nothing can be read yet (called under the lock)."""
+        if not self.buf:
+            return None
+        out = bytes(self.buf[:size])
+        del self.buf[:size]
+        return out
+
     def read(self, size: int = 1) -> bytes:
         deadline = time.monotonic() + (self.timeout or 0)
         while True:
             with self.lock:
-                if self.buf:
-                    out = bytes(self.buf[:size])
-                    del self.buf[:size]
-                    return out
+                out = self.take(size)
+            if out is not None:
+                return out
             if time.monotonic() >= deadline:
                 return b""
             time.sleep(0.001)

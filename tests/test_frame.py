@@ -56,6 +56,7 @@ from host_tools.frame import (
 )
 from host_tools.link import DeviceError, Link, LinkError, open_port
 from tests.helpers_c import M4_FLAGS, assert_integer_only
+from tests.helpers_port import PipePort
 from tinytrain.errors import TinytrainError
 from tinytrain.testing.cbuild import C_FLAGS, SANITIZE_FLAGS
 
@@ -950,57 +951,26 @@ def test_link_against_c_device(driver: Path) -> None:
     """host_tools.link drives the C echo device (ASan build) through pipes: requests, a
     retransmission (the first response withheld) answered from the C cache."""
 
-    class PipePort:
+    class WithholdingPort(PipePort):
+        """Drops ``withhold`` whole responses (up to their 0x00 delimiter) before reading."""
+
         def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-            self.proc = proc
-            self.timeout: float | None = 0.01
-            self.buf = bytearray()
-            self.lock = threading.Lock()
+            super().__init__(proc)
             self.withhold = 0
-            threading.Thread(target=self._pump, daemon=True).start()
 
-        def _pump(self) -> None:
-            assert self.proc.stdout is not None
-            while chunk := self.proc.stdout.read1(4096):  # type: ignore[attr-defined]
-                with self.lock:
-                    self.buf += chunk
-
-        @property
-        def in_waiting(self) -> int:
-            with self.lock:
-                return len(self.buf)
-
-        def read(self, size: int = 1) -> bytes:
-            deadline = time.monotonic() + (self.timeout or 0)
-            while True:
-                with self.lock:
-                    end = self.buf.find(b"\x00")
-                    if self.withhold and end >= 0:  # drop one whole response
-                        del self.buf[: end + 1]
-                        self.withhold -= 1
-                    elif self.buf and not self.withhold:
-                        out = bytes(self.buf[:size])
-                        del self.buf[:size]
-                        return out
-                if time.monotonic() >= deadline:
-                    return b""
-                time.sleep(0.001)
-
-        def write(self, data: bytes, /) -> int:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(data)
-            self.proc.stdin.flush()
-            return len(data)
-
-        def close(self) -> None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
+        def take(self, size: int) -> bytes | None:
+            end = self.buf.find(b"\x00")
+            if self.withhold and end >= 0:
+                del self.buf[: end + 1]
+                self.withhold -= 1
+                return None
+            return None if self.withhold else super().take(size)
 
     proc = subprocess.Popen(
         [str(driver), "device"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        port = PipePort(proc)
+        port = WithholdingPort(proc)
         link = Link(port, timeout=0.5, retries=3, poll=0.01, first_seq=0xFFFE)
         r1 = link.request(0x10, b"a" * 784)
         port.withhold = 1  # the next response (up to its delimiter) is lost
