@@ -165,6 +165,24 @@ def float_row(model: Path, lr: float, args: argparse.Namespace, data: Any) -> di
     }
 
 
+# Rows without a ``code_rev`` were measured before commit 9a13caf made the loss gradient
+# one-sided at saturated logits (docs/numerics.md, "Loss"); the table marks them with †.
+BEFORE_ONE_SIDED_LOSS = "†"
+
+
+def code_rev() -> str:
+    """The repository's commit (short hash) the row was measured at; "unknown" outside git."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = [
         "| model | scheme | test acc. | after each epoch | SRAM (arena) | fits 256 KB | flash | MACs fwd / bwd "
@@ -174,6 +192,8 @@ def table(results: list[dict[str, Any]]) -> str:
     for block in results:
         for r in block["rows"]:
             acc = f"{100 * r['test_accuracy']:.2f}%" if r.get("test_accuracy") is not None else "-"
+            if r["kind"] != "float32" and "code_rev" not in r:
+                acc += f" {BEFORE_ONE_SIDED_LOSS}"
             if r["kind"] == "float32":
                 name = f"{r['scheme']} (lr {r['lr']})"
                 dash = " – |" * 7
@@ -287,6 +307,7 @@ def run_model(key: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         print(f"[{key}] {scheme} (lr {lr:g}) ...", file=sys.stderr, flush=True)
         row = float_row(path, lr, args, data) if is_float else int8_row(path, scheme, lr, args, data)
         row["protocol"] = protocol(args)
+        row["code_rev"] = code_rev()
         keep.parent.mkdir(parents=True, exist_ok=True)
         keep.write_text(json.dumps(row, indent=2) + "\n")
         print(json.dumps(row), file=sys.stderr, flush=True)
@@ -477,7 +498,11 @@ def main() -> int:
         payload = {"benchmark": "train_fmnist", "protocol": protocol(args), "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(table(payload["results"]) + "\n")
+    note = (
+        f"\n{BEFORE_ONE_SIDED_LOSS} measured before the loss gradient became one-sided at saturated logits "
+        "(commit 9a13caf); the other int8 rows after it.\n"
+    )
+    args.out.with_suffix(".md").write_text(table(payload["results"]) + "\n" + note)
     plot(payload["results"], args.plot)
     print(table(payload["results"]))
     if payload.get("missing"):
