@@ -370,6 +370,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     """The finished rows of ``--partial`` that match the arguments (protocol, lr, schedule),
     without training: the table of a run still in progress; ``missing`` lists the rest."""
     results, missing = [], []
+    profiled: dict[tuple[str, str], dict[str, Any]] = {}  # (model, scheme) -> its instruction columns
     for key in [k for k in args.models.split(",") if k in MODELS and model_path(k) is not None]:
         rows = []
         for scheme, lr, is_float in row_jobs(args):
@@ -377,7 +378,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             row = json.loads(keep.read_text()) if keep.exists() else None
             ok = row is not None and row.get("protocol") == protocol(args) and row.get("lr") == lr
             if ok and row is not None and (is_float or row.get("schedule", "constant") == args.schedule):
-                if not is_float and enrich(row, key, scheme, args):
+                if not is_float and enrich(row, key, scheme, args, profiled):
                     keep.write_text(json.dumps(row, indent=2) + "\n")
                 rows.append(row)
             else:
@@ -386,10 +387,17 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     return {"benchmark": "train_fmnist", "protocol": protocol(args), "results": results, "missing": missing}
 
 
-def enrich(row: dict[str, Any], key: str, scheme: str, args: argparse.Namespace) -> bool:
+def enrich(
+    row: dict[str, Any],
+    key: str,
+    scheme: str,
+    args: argparse.Namespace,
+    profiled: dict[tuple[str, str], dict[str, Any]],
+) -> bool:
     """Adds the columns a finished int8 row lacks (rows from before they existed): the
     conv-weight fractions of a scheme without run-time selection, and with
-    ``--instructions`` the Cortex-M7 instruction counts. True when the row changed."""
+    ``--instructions`` the Cortex-M7 instruction counts (profiled once per model and scheme:
+    the learning rate does not change the program). True when the row changed."""
     from tinytrain.train.compile import CompileOptions, compile_graph, prepare_graph
 
     path = model_path(key)
@@ -403,8 +411,10 @@ def enrich(row: dict[str, Any], key: str, scheme: str, args: argparse.Namespace)
             row.update(static_fractions(c))
             changed = True
     if args.instructions and "instructions_per_step_m7" not in row:
-        print(f"[{key}] {scheme}: profiling on qemu-m7 ...", file=sys.stderr, flush=True)
-        row.update(instructions_columns(path, scheme))
+        if (key, scheme) not in profiled:
+            print(f"[{key}] {scheme}: profiling on qemu-m7 ...", file=sys.stderr, flush=True)
+            profiled[key, scheme] = instructions_columns(path, scheme)
+        row.update(profiled[key, scheme])
         changed = True
     return changed
 
