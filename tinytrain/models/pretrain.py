@@ -99,13 +99,27 @@ def build_model(seed: int) -> Any:
     return model
 
 
-def train(model: Any, ds: Dataset, *, epochs: int, seed: int, lr: float, log: Callable[[str], None]) -> None:
+def train(
+    model: Any,
+    ds: Dataset,
+    *,
+    epochs: int,
+    seed: int,
+    lr: float,
+    log: Callable[[str], None],
+    resolution: int = RESOLUTION,
+    optimizer: Callable[[Any], Any] | None = None,
+    augment: Callable[[np.ndarray, int], np.ndarray] | None = None,
+) -> None:
+    """Mini-batch training in the sample order of :func:`epoch_order`; ``optimizer`` maps the
+    learning-rate schedule to a Keras optimizer (default Adam), ``augment(images, step)``
+    transforms each uint8 batch before preprocessing (default none)."""
     import keras
 
     steps_per_epoch = -(-len(ds) // BATCH)
     schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps_per_epoch))
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
+        optimizer=keras.optimizers.Adam(schedule) if optimizer is None else optimizer(schedule),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         jit_compile=False,
@@ -116,7 +130,8 @@ def train(model: Any, ds: Dataset, *, epochs: int, seed: int, lr: float, log: Ca
         loss_sum = acc_sum = 0.0
         for k, start in enumerate(range(0, len(order), BATCH)):
             idx = order[start : start + BATCH]
-            loss, acc = model.train_on_batch(to_float_input(ds.images[idx]), ds.labels[idx])
+            images = ds.images[idx] if augment is None else augment(ds.images[idx], epoch * steps_per_epoch + k)
+            loss, acc = model.train_on_batch(to_float_input(images, resolution), ds.labels[idx])
             loss_sum += float(loss)
             acc_sum += float(acc)
             if (k + 1) % 50 == 0 or start + BATCH >= len(order):
@@ -126,10 +141,10 @@ def train(model: Any, ds: Dataset, *, epochs: int, seed: int, lr: float, log: Ca
                 )
 
 
-def float_accuracy(model: Any, ds: Dataset, batch: int = 100) -> float:
+def float_accuracy(model: Any, ds: Dataset, batch: int = 100, resolution: int = RESOLUTION) -> float:
     correct = 0
     for start in range(0, len(ds), batch):
-        logits = np.asarray(model(to_float_input(ds.images[start : start + batch]), training=False))
+        logits = np.asarray(model(to_float_input(ds.images[start : start + batch], resolution), training=False))
         correct += int(np.sum(np.argmax(logits, axis=1) == ds.labels[start : start + batch]))
     return correct / len(ds)
 
