@@ -8,9 +8,11 @@ sample (the device recomputes it), then ``Executor.step`` itself (batch 1) with 
 under its planned buffer (``tinytrain/train/memory.py``'s names), in order:
 
 * forward: ``act:X`` (every activation, the frozen stage included), ``mask:X`` (the clamp
-  mask of X), ``saved:X@i`` (the trained input channels of op i);
+  mask of X), ``saved:X@i`` / ``saved:X`` (the trained input channels of op i, a value a rule
+  reads whole: the plan's names, a shared copy under one buffer);
 * backward: ``grad:X`` (the loss gradient, a first input gradient, the sum after a second
-  one, the value after X's producer masks it), ``grad-sum:X@i`` (op i's second gradient of
+  one, the value after X's producer masks it; a gradient computed in place under the buffer
+  it overwrites, plan ``gradient_aliases``), ``grad-sum:X@i`` (op i's second gradient of
   X, before the sum), ``train:W`` / ``train:b`` (the trained slices before the step, then
   after the update).
 
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from codegen.emit import RunConfig, generate
-from codegen.lower import ArenaPtr, ArenaValue, Call, Loop, Lowered
+from codegen.lower import ArenaPtr, ArenaValue, Call, Loop, Lowered, saved_buffers
 from codegen.targets import build_firmware
 from tinytrain.errors import UsageError
 from tinytrain.ir.ops import OpKind
@@ -241,6 +243,8 @@ class _StepRecorder:
             op = g.ops[i]
             self.frozen[i] = KERNELS[op.kind].prepare(op, g.op_inputs(op), g.op_outputs(op))
         self.versions: dict[str, list[bytes]] = {}
+        self.saved_names = saved_buffers(self.program)  # (op, tensor) -> its saved copy (shared: one buffer)
+        self.aliases = dict(compiled.memory.grad_aliases)  # a gradient computed in place -> its buffer
 
     def _put(self, buffer: str, data: bytes) -> None:
         self.versions.setdefault(buffer, []).append(data)
@@ -254,7 +258,8 @@ class _StepRecorder:
     def _on_event(self, kind: str, i: int, tensor: str, value: np.ndarray | Grad) -> None:
         if isinstance(value, Grad):
             if kind == "grad":
-                self._put(f"grad:{tensor}", _grad_bytes(value))
+                name = f"grad:{tensor}"
+                self._put(self.aliases.get(name, name), _grad_bytes(value))
             elif kind == "grad-sum":
                 self._put(f"grad-sum:{tensor}@{i}", _grad_bytes(value))
             return
@@ -262,8 +267,9 @@ class _StepRecorder:
             self._put(f"act:{tensor}", np.ascontiguousarray(value).tobytes())
         elif kind == "mask":
             self._put(f"mask:{tensor}", np.ascontiguousarray(value).tobytes())
-        elif kind == "saved":
-            self._put(f"saved:{tensor}@{i}", np.ascontiguousarray(value).tobytes())
+        elif kind in ("saved", "saved-value"):
+            name = self.saved_names.get((i, tensor), f"saved:{tensor}@{i}")
+            self._put(name, np.ascontiguousarray(value).tobytes())
         elif kind == "train":
             op = self.program.graph.ops[i]
             if tensor == op.inputs[1]:  # the arena holds the trained channels w[..., channels]

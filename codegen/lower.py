@@ -35,10 +35,12 @@ from tinytrain.passes.fuse_blocks import FusedBlock
 from tinytrain.sim.kernels.fused_block import prepare_fused_block
 from tinytrain.testing.c_hard_swish import hard_swish_c_params
 from tinytrain.train import dgsu
-from tinytrain.train.build import BackwardStep
+from tinytrain.train.build import BackwardStep, TrainingProgram
 from tinytrain.train.compile import Compiled
 from tinytrain.train.data import preprocess_for_graph
+from tinytrain.train.grad_rules import saved_tensor
 from tinytrain.train.kernels.mask import mask_nbytes
+from tinytrain.train.memory import save_keys, saved_copies, saved_name
 
 GRAD_EXP_BYTES = 4  # grad:X = [int32 exponent][int16 mantissas]
 
@@ -204,6 +206,10 @@ class _Builder:
         self._names: set[str] = set()
         self.trained: list[TrainedTensor] = []
         self.linear_bwd: dict[int, Sym] = {}  # op index -> its tt_linear_bwd_params
+        # gradients computed in place over another one (plan.json gradient_aliases)
+        self.aliases: dict[str, str] = dict(compiled.memory.grad_aliases)
+        self.saved_names = saved_buffers(compiled.program)
+        self.saved_done: set[str] = set()  # saved copies the forward pass already wrote
 
     # ---------------------------------------------------------------- helpers
 
@@ -241,8 +247,16 @@ class _Builder:
     def grad(self, tensor: str, buf: str | None = None) -> tuple[ArenaPtr, ArenaPtr, ArenaValue]:
         """(mantissas, exponent pointer, exponent value) of a gradient buffer."""
         b = buf or f"grad:{tensor}"
+        b = self.aliases.get(b, b)
         off = self.plan.offset(b)
         return ArenaPtr(b, off + GRAD_EXP_BYTES, "int16_t"), ArenaPtr(b, off, "int32_t"), ArenaValue(b, off, "int32_t")
+
+    def saved_buffer(self, op_index: int, tensor: str) -> str:
+        """The plan's saved copy of ``tensor`` that op ``op_index``'s backward reads."""
+        name = self.saved_names.get((op_index, tensor))
+        if name is None:
+            raise UsageError(f"op {op_index}: the plan saves no copy of {tensor!r} for its backward")
+        return name
 
     def call(self, kernel: str, comment: str, args: Sequence[Arg], phase: str) -> None:
         self.items.append(Call(kernel, comment, tuple(args), phase))
@@ -290,6 +304,18 @@ class _Builder:
         return self.struct(f"patch_{i}", "tt_weight_patch", init, f"trained channels of op {i}")
 
 
+def saved_buffers(program: TrainingProgram) -> dict[tuple[int, str], str]:
+    """(op index, tensor) -> the name of the saved copy of ``tensor`` its backward reads, as
+    tinytrain/train/memory.py names it (``saved:X@i``, ``saved:X`` shared or read whole by a
+    rule, ``saved:X@i+j`` a channel subset several layers read)."""
+    copies = saved_copies(program, {}, 0)
+    out: dict[tuple[int, str], str] = {}
+    for st in program.all_steps:
+        for key, _ in save_keys(program.graph, st):
+            out[(st.op_index, key[0])] = saved_name(key, copies[key])
+    return out
+
+
 def ctypes_init(s: ctypes.Structure, ptrs: Mapping[str, Arg], prefix: str = "") -> StructInit:
     """The initialiser of a ctypes struct; pointer fields from ``ptrs`` by path (else NULL)."""
     out: list[tuple[str, Any]] = []
@@ -322,6 +348,8 @@ def _array_value(v: Any) -> Any:
 
 
 def _forward_op(b: _Builder, i: int) -> None:
+    from codegen import lower_vit  # the ViT ops (codegen/lower_vit.py imports this module)
+
     g = b.graph
     op = g.ops[i]
     ins, outs = g.op_inputs(op), g.op_outputs(op)
@@ -340,7 +368,7 @@ def _forward_op(b: _Builder, i: int) -> None:
         ps = b.struct(f"p_{i}", ctype, ctypes_init(cp.struct, ptrs), desc)
         args = (ps, b.act(str(op.inputs[0])), b.weight_arg(i), b.bias_arg(i), b.patch_arg(i), out)
         b.call(kernel, desc, args, "forward")
-    elif k is OpKind.ADD:
+    elif k is OpKind.ADD and lower_vit.plain_add(b, i):
         cp = cf.add_c_params(op, ins, outs)
         ps = b.struct(f"p_{i}", "tt_add_params", ctypes_init(cp.struct, {}), desc)
         b.call("tt_add_s8", desc, (ps, b.act(str(op.inputs[0])), b.act(str(op.inputs[1])), out), "forward")
@@ -365,6 +393,8 @@ def _forward_op(b: _Builder, i: int) -> None:
         hs = hard_swish_c_params(op, ins, outs)
         ps = b.struct(f"p_{i}", "tt_hard_swish_params", ctypes_init(hs.struct, {}), desc)
         b.call("tt_hard_swish_s8", desc, (ps, b.act(str(op.inputs[0])), Lit(outs[0].size), out), "forward")
+    elif k in lower_vit.FORWARD_KINDS:
+        lower_vit.forward_op(b, i)
     else:
         raise UsageError(f"{op.describe()}: the C code generator has no kernel for {k.value}")
     _after_forward(b, i, op.outputs[0])
@@ -396,7 +426,10 @@ def _after_forward(b: _Builder, i: int, out_name: str, block_input: str | None =
         lo, hi = st.params.clamp
         n = b.graph.tensor(out_name).size
         mask = b.arena(f"mask:{out_name}", "uint8_t")
-        if hi > 127:  # MobileTL's sign rule (upper test disabled), of the input for a HARD_SWISH
+        if lo < -128:  # a ViT rule's mask with the lower test disabled (norm_bwd.NO_LOW)
+            b.call("tt_vit_clamp_mask_s8", f"clamp mask of op {i}",
+                   (b.arena(f"act:{out_name}", "int8_t"), Lit(n), Lit(lo), Lit(hi), mask), "forward")  # fmt: skip
+        elif hi > 127:  # MobileTL's sign rule (upper test disabled), of the input for a HARD_SWISH
             src = str(b.graph.ops[i].inputs[0]) if st.params.mask_input else out_name
             b.call("tt_sign_mask_s8", f"sign mask of op {i}", (b.arena(f"act:{src}", "int8_t"), Lit(n), Lit(lo), mask),
                    "forward")  # fmt: skip
@@ -408,18 +441,31 @@ def _after_forward(b: _Builder, i: int, out_name: str, block_input: str | None =
                 "forward",
             )
     if st.params.save_input:  # the exact HARD_SWISH backward's int8 input
-        src = str(st.op.inputs[0])
-        n_in = b.graph.tensor(src).size
-        saved_x = b.arena(f"saved:{src}@{i}", "int8_t")
-        b.call("tt_copy_s8", f"save the input of op {i}", (b.act(src), Lit(n_in), saved_x), "forward")
+        _save_whole(b, i, str(st.op.inputs[0]), f"save the input of op {i}")
     if st.params.save_channels:
         src = str(st.target(0))
-        b.call(
-            "tt_linear_save_input_s8",
-            f"save the trained input channels of op {i}",
-            (_linear_bwd(b, st), b.act(src), b.arena(f"saved:{src}@{i}", "int8_t")),
-            "forward",
-        )
+        buf = b.saved_buffer(i, src)
+        if buf not in b.saved_done:  # a copy several layers share is written once
+            b.saved_done.add(buf)
+            b.call(
+                "tt_linear_save_input_s8",
+                f"save the trained input channels of op {i}",
+                (_linear_bwd(b, st), b.act(src), b.arena(buf, "int8_t")),
+                "forward",
+            )
+    for name in st.params.saves:  # the values a ViT rule reads whole
+        _save_whole(b, i, saved_tensor(st.op, name), f"save {name} of op {i} for its backward")
+
+
+def _save_whole(b: _Builder, i: int, tensor: str, comment: str) -> None:
+    """Copies ``tensor`` (int8, or TOKEN_SELECT's uint8 indices: bytes) into op i's saved buffer,
+    unless an earlier op wrote that (shared) copy already."""
+    buf = b.saved_buffer(i, tensor)
+    if buf in b.saved_done:
+        return
+    b.saved_done.add(buf)
+    n = b.graph.tensor(tensor).nbytes
+    b.call("tt_copy_s8", comment, (b.act(tensor), Lit(n), b.arena(buf, "int8_t")), "forward")
 
 
 def _fused_block(b: _Builder, u: FusedBlock, stream_from: Arg | None) -> None:
@@ -480,6 +526,8 @@ def _fused_block(b: _Builder, u: FusedBlock, stream_from: Arg | None) -> None:
 
 
 def _backward_step(b: _Builder, st: BackwardStep, have: set[str]) -> None:
+    from codegen import lower_vit
+
     g = b.graph
     op = st.op
     i = st.op_index
@@ -502,6 +550,10 @@ def _backward_step(b: _Builder, st: BackwardStep, have: set[str]) -> None:
     req = st.params.request
     k = op.kind
     kp = st.params.kernel
+    if lower_vit.handles_backward(st):
+        lower_vit.backward_op(b, st, dest, gy, ey)
+        _finish_sums(b, sums, have, st)
+        return
     if k in (OpKind.CONV_2D, OpKind.DEPTHWISE_CONV_2D, OpKind.FULLY_CONNECTED):
         lb = _linear_bwd(b, st)
         if 0 in req.input_grads:
@@ -552,7 +604,7 @@ def _backward_step(b: _Builder, st: BackwardStep, have: set[str]) -> None:
         # the exact derivative from the saved int8 input (kernels/act_bwd.py)
         if 0 in req.input_grads:
             gx, ex = dest(0)
-            saved = b.arena(f"saved:{op.inputs[0]}@{i}", "int8_t")
+            saved = b.arena(b.saved_buffer(i, str(op.inputs[0])), "int8_t")
             deriv = b.array(f"hsd_{i}", kp.deriv)
             b.call("tt_hard_swish_bwd_s16", f"input gradient of {desc}", (deriv, gy, ey, saved, Lit(n_out), gx, ex),
                    "backward")  # fmt: skip
@@ -619,7 +671,7 @@ def _weight_row_body(b: _Builder, st: BackwardStep, lb: Arg, up: Arg, gy: ArenaP
     ``wgrad-row:``, then its SGD step on the trainable slice."""
     w_name = str(st.op.inputs[1])
     row = b.arena(f"wgrad-row:{w_name}", "int64_t")
-    saved = b.arena(f"saved:{st.target(0)}@{st.op_index}", "int8_t")
+    saved = b.arena(b.saved_buffer(st.op_index, str(st.target(0))), "int8_t")
     return (
         Call("tt_linear_bwd_weight_row_s16", "weight-gradient row", (lb, gy, saved, Local("row"), row), "backward"),
         Call(
@@ -804,7 +856,7 @@ def _fused_ed_step(b: _Builder, st: BackwardStep, have: set[str]) -> None:
         g_in, e_in = _grad_dest(b, e, 0, have, sums)
     x_sub: Arg = NULL
     if e.params.save_channels:
-        x_sub = b.arena(f"saved:{e.target(0)}@{e.op_index}", "int8_t")
+        x_sub = b.arena(b.saved_buffer(e.op_index, str(e.target(0))), "int8_t")
     scratch_buf = f"scratch:fused-bwd:{i}"
     scratch = b.arena(scratch_buf, "void")
     args = (ps, gy, ey, mask_d, mask_e, _fbwd_weights(b, d), _fbwd_weights(b, e), x_sub, g_in, e_in,
@@ -861,10 +913,10 @@ def _fused_pde_step(b: _Builder, st: BackwardStep, have: set[str]) -> None:
         g_in, e_in = _grad_dest(b, e, 0, have, sums)
     x_sub_d: Arg = NULL
     if d.params.save_channels:
-        x_sub_d = b.arena(f"saved:{d.target(0)}@{d.op_index}", "int8_t")
+        x_sub_d = b.arena(b.saved_buffer(d.op_index, str(d.target(0))), "int8_t")
     x_sub_e: Arg = NULL
     if e.params.save_channels:
-        x_sub_e = b.arena(f"saved:{e.target(0)}@{e.op_index}", "int8_t")
+        x_sub_e = b.arena(b.saved_buffer(e.op_index, str(e.target(0))), "int8_t")
     scratch_buf = f"scratch:fused-bwd:{i}"
     scratch = b.arena(scratch_buf, "void")
     args = (ps, gy, ey, mask_p, mask_d, mask_e, _fbwd_weights(b, p), _fbwd_weights(b, d), _fbwd_weights(b, e),

@@ -145,7 +145,10 @@ def build_training_program(graph: Graph, scheme: ResolvedScheme) -> TrainingProg
             raise UsageError(
                 f"{op.describe()} lies between a trained layer and the loss, and {op.kind.value} has no gradient rule"
             )
-        grads = frozenset(k for k in rule.grad_inputs if op.inputs[k] in needs_grad and op.inputs[k] in on_path)
+        real = range(len(op.inputs))  # the op's own inputs (a rule may list more than a small op has)
+        grads = frozenset(
+            k for k in rule.grad_inputs if k in real and op.inputs[k] in needs_grad and op.inputs[k] in on_path
+        )
         plan = plans.get(i)
         request = BackwardRequest(
             input_grads=grads,

@@ -117,7 +117,7 @@ class SavedCopy:
         return f"@{self.readers[0]}" if len(self.readers) == 1 and not self.by_rule else ""
 
 
-def _save_keys(graph: Graph, part: BackwardStep) -> tuple[tuple[SaveKey, bool], ...]:
+def save_keys(graph: Graph, part: BackwardStep) -> tuple[tuple[SaveKey, bool], ...]:
     """The int8 copies ``part``'s backward reads, each with whether its rule reads it whole:
     the HARD_SWISH input, a layer input's trained channels (all of them: the whole tensor),
     the values in ``params.saves``."""
@@ -134,13 +134,13 @@ def _save_keys(graph: Graph, part: BackwardStep) -> tuple[tuple[SaveKey, bool], 
     return tuple(out.items())
 
 
-def _saved_copies(program: TrainingProgram, fwd_step_of_op: dict[int, int], loss_step: int) -> dict[SaveKey, SavedCopy]:
+def saved_copies(program: TrainingProgram, fwd_step_of_op: dict[int, int], loss_step: int) -> dict[SaveKey, SavedCopy]:
     out: dict[SaveKey, SavedCopy] = {}
     for j, b in enumerate(program.backward):
         s = loss_step + 1 + j
         for part in b.parts:
             fs = fwd_step_of_op.get(part.op_index, 0)
-            for key, by_rule in _save_keys(program.graph, part):
+            for key, by_rule in save_keys(program.graph, part):
                 c = out.get(key)
                 out[key] = (
                     SavedCopy(fs, s, (part.op_index,), by_rule)
@@ -150,7 +150,7 @@ def _saved_copies(program: TrainingProgram, fwd_step_of_op: dict[int, int], loss
     return out
 
 
-def _saved_name(key: SaveKey, copy: SavedCopy) -> str:
+def saved_name(key: SaveKey, copy: SavedCopy) -> str:
     """``saved:<tensor>@<op>`` (one reader, layer / HARD_SWISH rule), ``saved:<tensor>`` (a
     whole copy otherwise), ``saved:<tensor>@<op>+<op>…`` (a channel subset several layers read)."""
     tensor, channels = key
@@ -220,7 +220,7 @@ def program_memory(
     trainable = 0
     macs_bwd = 0
     dgsu_last = loss_step
-    copies = _saved_copies(program, fwd_step_of_op, loss_step)
+    copies = saved_copies(program, fwd_step_of_op, loss_step)
     emitted: set[SaveKey] = set()
     for j, b in enumerate(program.backward):
         s = loss_step + 1 + j
@@ -244,14 +244,15 @@ def program_memory(
                 requests.append(
                     BufferRequest(f"mask:{out}", mask_nbytes(graph.tensor(out).size), fs, s, BufferKind.MASK)
                 )
-            for key, _ in _save_keys(graph, part):  # int8 forward values kept for this step
+            for key, _ in save_keys(graph, part):  # int8 forward values kept for this step
                 if key in emitted:
                     continue
                 emitted.add(key)
                 cp = copies[key]
                 t = graph.tensor(key[0])
-                size = t.size if key[1] is None else t.size // t.shape[-1] * len(key[1])
-                requests.append(BufferRequest(_saved_name(key, cp), size, cp.first, cp.last, BufferKind.SAVED))
+                # bytes: a whole copy of any type (TOKEN_SELECT's uint8 indices), int8 channel subsets
+                size = t.nbytes if key[1] is None else t.size // t.shape[-1] * len(key[1]) * t.dtype.itemsize
+                requests.append(BufferRequest(saved_name(key, cp), size, cp.first, cp.last, BufferKind.SAVED))
             for k in part.params.request.input_grads:
                 target = part.target(k)
                 assert target is not None

@@ -9,11 +9,13 @@
  *   tt_batch_matmul_s8    BATCH_MATMUL with adj_x / adj_y / broadcast batch (core_matmul.run_batch_matmul)
  *   tt_transpose_s8       TRANSPOSE, rank <= 6 (core_shape.run_transpose)
  *   tt_strided_slice_s8   STRIDED_SLICE, rank <= 6 (core_index.run_slice)
- *   tt_concat_s8          CONCATENATION (core_shape.run_concatenation)
+ *   tt_concat_s8          CONCATENATION (core_shape.run_concatenation); tt_concat2_s8 for two inputs
+ *   tt_token_select_s8    TOKEN_SELECT, BSR's token dropping (token_select.run_token_select)
  *   MEAN over the last axis is tt_mean_s8 of tt_pool.h (outer = rows, n = last dim, inner = 1).
  * Backward twins (tinytrain/train/kernels/{attn_bwd,norm_bwd,layout_bwd}.py):
  *   tt_batch_matmul_bwd_s16, tt_softmax_bwd_s16, tt_mul_bwd_s16, tt_sub_bwd_s16, tt_mean_last_bwd_s16,
- *   tt_rsqrt_bwd_s16, tt_transpose_bwd_s16, tt_strided_slice_bwd_s16, tt_concat_bwd_s16.
+ *   tt_rsqrt_bwd_s16, tt_transpose_bwd_s16, tt_strided_slice_bwd_s16, tt_concat_bwd_s16,
+ *   tt_token_select_bwd_s16 (train/kernels/token_bwd.py).
  *
  * Shapes are left-padded with 1 to TT_VIT_MAX_RANK (row-major order is unchanged). A "stride"
  * field is an element stride; a broadcast axis has stride 0. No kernel needs scratch memory:
@@ -137,7 +139,34 @@ typedef struct {
 
 tt_status tt_concat_s8(const tt_concat_params *p, const int8_t *const *ins, int8_t *out);
 
+/* tt_concat_s8 of two inputs (p->n_inputs == 2) passed as two pointers (generated code). */
+tt_status tt_concat2_s8(const tt_concat_params *p, const int8_t *in0, const int8_t *in1, int8_t *out);
+
+/*
+ * TOKEN_SELECT (Block Selective Reprogramming): x [tokens][dim] int8, attn [heads][tokens][tokens]
+ * int8 (the attention probabilities of the block that wrote x, zero point p_zp). The score of
+ * token j is s_j = sum_h (attn[h][0][j] - p_zp) (int32); idx [kept] (uint8) receives the kept
+ * patch tokens (1 .. tokens - 1) of the largest scores, ties to the lower index, in ascending
+ * order; out [1 + kept][dim] is row 0 of x (the class token) followed by the rows idx.
+ * tokens <= 256 (the scores live on the stack, 1 KB), 1 <= kept < tokens. out must not overlap x.
+ */
+#define TT_TOKEN_SELECT_MAX_TOKENS 256
+typedef struct {
+    int32_t tokens, dim, heads, kept;
+    int32_t p_zp;   /* [-128, 127] */
+} tt_token_select_params;
+
+tt_status tt_token_select_s8(const tt_token_select_params *p, const int8_t *x, const int8_t *attn, int8_t *out,
+                             uint8_t *idx);
+
 /* ----------------------------------------------------------------------------- backward */
+
+/*
+ * The clamp mask of tt_clamp_mask_s8 (tt_mask.h) with a side disabled, as the ViT rules record
+ * it (numpy: mask.clamp_mask with norm_bwd's NO_LOW / NO_HIGH): bit i = act_min < y[i] < act_max,
+ * act_min in [-129, 127] (-129: no lower test), act_max in [-128, 128] (128: no upper test).
+ */
+tt_status tt_vit_clamp_mask_s8(const int8_t *y, int32_t n, int32_t act_min, int32_t act_max, uint8_t *mask);
 
 /*
  * BATCH_MATMUL (numpy: attn_bwd.batch_matmul_input_grads), the gradient of operand `which`
@@ -271,6 +300,14 @@ typedef struct {
 
 tt_status tt_concat_bwd_s16(const tt_concat_bwd_params *p, const int16_t *g_y, int32_t e_y, int16_t *g_x,
                             int32_t *e_x);
+
+/*
+ * TOKEN_SELECT (numpy: token_bwd.token_select_input_grads): g_x [tokens][dim] zeroed, then
+ * g_x row 0 = g_y row 0 and g_x row idx[i] = g_y row 1 + i (idx: the forward's kept indices,
+ * saved), same exponent (heads and p_zp unused). g_x must not overlap g_y.
+ */
+tt_status tt_token_select_bwd_s16(const tt_token_select_params *p, const int16_t *g_y, int32_t e_y,
+                                  const uint8_t *idx, int16_t *g_x, int32_t *e_x);
 
 /* ------------------------------------------------------------- internal: strided walks */
 

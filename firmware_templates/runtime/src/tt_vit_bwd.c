@@ -569,3 +569,56 @@ tt_status tt_concat_bwd_s16(const tt_concat_bwd_params *p, const int16_t *g_y, i
     *e_x = e_y;
     return TT_OK;
 }
+
+/* ----------------------------------------------------------------------- TOKEN_SELECT */
+
+/* C twin of tinytrain.train.kernels.token_bwd.token_select_input_grads. */
+tt_status tt_token_select_bwd_s16(const tt_token_select_params *p, const int16_t *g_y, int32_t e_y,
+                                  const uint8_t *idx, int16_t *g_x, int32_t *e_x) {
+    if (p == NULL || g_y == NULL || idx == NULL || g_x == NULL || e_x == NULL) {
+        return TT_ERR_ARG;
+    }
+    if (p->tokens < 2 || p->dim < 1 || p->kept < 1 || p->kept >= p->tokens) {
+        return TT_ERR_SHAPE;
+    }
+    const int32_t d = p->dim;
+    const int64_t size = (int64_t)p->tokens * d;
+    for (int64_t i = 0; i < size; ++i) {
+        g_x[i] = 0;
+    }
+    for (int32_t c = 0; c < d; ++c) {
+        g_x[c] = g_y[c];
+    }
+    for (int32_t r = 0; r < p->kept; ++r) {
+        if (idx[r] < 1 || idx[r] >= p->tokens) {
+            return TT_ERR_SHAPE;
+        }
+        const int16_t *src = g_y + (int64_t)(1 + r) * d;
+        int16_t *dst = g_x + (int64_t)idx[r] * d;
+        for (int32_t c = 0; c < d; ++c) {
+            dst[c] = src[c];
+        }
+    }
+    *e_x = e_y;
+    return TT_OK;
+}
+
+/* ------------------------------------------------------------------------ clamp masks */
+
+/* C twin of tinytrain.train.kernels.mask.clamp_mask for the ViT rules' bounds. */
+tt_status tt_vit_clamp_mask_s8(const int8_t *y, int32_t n, int32_t act_min, int32_t act_max, uint8_t *mask) {
+    if (n < 0 || act_min < TT_INT8_MIN - 1 || act_min > TT_INT8_MAX || act_max < TT_INT8_MIN ||
+        act_max > TT_INT8_MAX + 1 || (n > 0 && (y == NULL || mask == NULL))) {
+        return TT_ERR_ARG;
+    }
+    for (int32_t j = 0; j < (n + 7) / 8; ++j) {
+        mask[j] = 0;
+    }
+    for (int32_t i = 0; i < n; ++i) {
+        const int32_t v = y[i];
+        if (v > act_min && v < act_max) {
+            mask[i >> 3] = (uint8_t)(mask[i >> 3] | (1u << (i & 7)));
+        }
+    }
+    return TT_OK;
+}

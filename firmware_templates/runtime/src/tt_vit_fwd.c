@@ -372,3 +372,64 @@ tt_status tt_concat_s8(const tt_concat_params *p, const int8_t *const *ins, int8
     }
     return TT_OK;
 }
+
+tt_status tt_concat2_s8(const tt_concat_params *p, const int8_t *in0, const int8_t *in1, int8_t *out) {
+    if (p == NULL || p->n_inputs != 2) {
+        return TT_ERR_ARG;
+    }
+    const int8_t *const ins[2] = {in0, in1};
+    return tt_concat_s8(p, ins, out);
+}
+
+/* ------------------------------------------------------------------------ TOKEN_SELECT */
+
+static int token_select_params_ok(const tt_token_select_params *p) {
+    return p->tokens >= 2 && p->tokens <= TT_TOKEN_SELECT_MAX_TOKENS && p->dim >= 1 && p->heads >= 1 &&
+           p->kept >= 1 && p->kept < p->tokens && zp_ok(p->p_zp);
+}
+
+/* C twin of tinytrain.sim.kernels.token_select.run_token_select. */
+tt_status tt_token_select_s8(const tt_token_select_params *p, const int8_t *x, const int8_t *attn, int8_t *out,
+                             uint8_t *idx) {
+    if (p == NULL || x == NULL || attn == NULL || out == NULL || idx == NULL) {
+        return TT_ERR_ARG;
+    }
+    if (!token_select_params_ok(p)) {
+        return TT_ERR_SHAPE;
+    }
+    const int32_t t = p->tokens;
+    int32_t score[TT_TOKEN_SELECT_MAX_TOKENS];
+    for (int32_t j = 0; j < t; ++j) {
+        int32_t s = 0;
+        for (int32_t h = 0; h < p->heads; ++h) {
+            s += (int32_t)attn[(int64_t)h * t * t + j] - p->p_zp;
+        }
+        score[j] = s;
+    }
+    /* token j is kept when fewer than `kept` patch tokens rank before it (a higher score, or
+     * an equal score and a lower index); visiting j in order lists the kept ones ascending */
+    int32_t n = 0;
+    for (int32_t j = 1; j < t && n < p->kept; ++j) {
+        int32_t before = 0;
+        for (int32_t i = 1; i < t && before < p->kept; ++i) {
+            if (score[i] > score[j] || (score[i] == score[j] && i < j)) {
+                ++before;
+            }
+        }
+        if (before < p->kept) {
+            idx[n++] = (uint8_t)j;
+        }
+    }
+    const int32_t d = p->dim;
+    for (int32_t c = 0; c < d; ++c) {
+        out[c] = x[c];
+    }
+    for (int32_t r = 0; r < p->kept; ++r) {
+        const int8_t *src = x + (int64_t)idx[r] * d;
+        int8_t *dst = out + (int64_t)(1 + r) * d;
+        for (int32_t c = 0; c < d; ++c) {
+            dst[c] = src[c];
+        }
+    }
+    return TT_OK;
+}
