@@ -44,6 +44,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +180,7 @@ def pretrain(
     out_dir: Path, *, per_class: int, epochs: int, seed: int, lr: float, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """Trains, converts and writes the model; returns the provenance record."""
-    from tinytrain.frontends.keras_convert import convert_keras, tensorflow_version
+    from tinytrain.frontends.keras_convert import convert_keras
     from tinytrain.models.weights import reestimate_batchnorm
 
     t_start = time.time()
@@ -199,19 +200,60 @@ def pretrain(
 
     calib_idx = epoch_order(len(train_ds), seed + 1, 0)[:CALIBRATION_SAMPLES]
     model_bytes = convert_keras(model, to_float_input(train_ds.images[calib_idx]))
-    path = out_dir / MODEL_NAME
+    recipe = Recipe(
+        model=MODEL_NAME,
+        architecture=f"keras.applications.MobileNetV2(alpha={ALPHA}, {RESOLUTION}x{RESOLUTION}x3, logits head)",
+        optimizer=f"Adam, cosine-decayed lr from {lr}",
+    )
+    return write_shipped(out_dir, model_bytes, recipe, train_ds, test_ds, per_class, epochs, seed, acc_float,
+                         t_train, t_start, log)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a shipped model was made, in words, for its provenance record."""
+
+    model: str  # file name under tinytrain/data/
+    architecture: str
+    optimizer: str
+    augmentation: str | None = None
+
+
+def write_shipped(
+    out_dir: Path,
+    model_bytes: bytes,
+    recipe: Recipe,
+    train_ds: Dataset,
+    test_ds: Dataset,
+    per_class: int,
+    epochs: int,
+    seed: int,
+    acc_float: float,
+    t_train: float,
+    t_start: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Writes the converted model and its provenance ``.json`` (with the int8 accuracy through
+    tinytrain's simulator and integer preprocessing); returns the record."""
+    from tinytrain.frontends.keras_convert import tensorflow_version
+
+    path = out_dir / recipe.model
     path.write_bytes(model_bytes)
     acc_int8 = int8_accuracy(model_bytes, test_ds)
     log(f"int8 accuracy (tinytrain simulator, integer preprocessing): {acc_int8:.4f}")
-    record = {
-        "model": MODEL_NAME,
-        "architecture": f"keras.applications.MobileNetV2(alpha={ALPHA}, {RESOLUTION}x{RESOLUTION}x3, logits head)",
+    record: dict[str, Any] = {
+        "model": recipe.model,
+        "architecture": recipe.architecture,
         "source_task": "fashion-mnist classes 0-4 (T-shirt/top, Trouser, Pullover, Dress, Coat)",
         "train_images": len(train_ds),
         "per_class": per_class,
         "epochs": epochs,
         "batch": BATCH,
-        "optimizer": f"Adam, cosine-decayed lr from {lr}",
+        "optimizer": recipe.optimizer,
+    }
+    if recipe.augmentation is not None:
+        record["augmentation"] = recipe.augmentation
+    record |= {
         "seed": seed,
         "test_images": len(test_ds),
         "float_test_accuracy": round(acc_float, 4),
@@ -226,18 +268,23 @@ def pretrain(
     return record
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description="train and convert tinytrain's shipped Fashion-MNIST 0-4 MobileNetV2")
+def run_cli(description: str, epochs: int, lr: float, make: Callable[..., dict[str, Any]]) -> int:
+    """The command line of a pretraining script: ``make`` is its ``pretrain`` function."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--out", type=Path, default=DATA_DIR)
     ap.add_argument("--per-class", type=int, default=2000, help="training images per class (default 2000)")
-    ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--epochs", type=int, default=epochs)
+    ap.add_argument("--lr", type=float, default=lr)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    record = pretrain(args.out, per_class=args.per_class, epochs=args.epochs, seed=args.seed, lr=args.lr, log=print)
+    record = make(args.out, per_class=args.per_class, epochs=args.epochs, seed=args.seed, lr=args.lr, log=print)
     print(json.dumps(record, indent=2))
     return 0
+
+
+def main() -> int:
+    return run_cli("train and convert tinytrain's shipped Fashion-MNIST 0-4 MobileNetV2", 2, 2e-3, pretrain)
 
 
 if __name__ == "__main__":

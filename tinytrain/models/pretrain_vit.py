@@ -28,9 +28,6 @@ on other machines or TensorFlow versions (TF's CPU kernels may sum in other orde
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,15 +36,15 @@ from typing import Any
 import numpy as np
 
 from tinytrain.models.pretrain import (
-    BATCH,
     CALIBRATION_SAMPLES,
-    DATA_DIR,
     SOURCE_CLASSES,
+    Recipe,
     configure_tensorflow,
     float_accuracy,
-    int8_accuracy,
+    run_cli,
     to_float_input,
     train,
+    write_shipped,
 )
 from tinytrain.train.data import FASHION_MNIST, epoch_order, first_per_class, load_dataset, select_classes
 
@@ -72,7 +69,7 @@ def pretrain(
     """Trains, converts and writes the tiny ViT; returns the provenance record."""
     import keras
 
-    from tinytrain.frontends.keras_convert import convert_keras, tensorflow_version
+    from tinytrain.frontends.keras_convert import convert_keras
     from tinytrain.models.vit import keras_tiny_vit
 
     t_start = time.time()
@@ -94,52 +91,23 @@ def pretrain(
     t_train = time.time() - t_start
     acc_float = float_accuracy(model, test_ds, resolution=cfg.image_size)
     log(f"float accuracy on classes 0-4 (test): {acc_float:.4f}")
-    model_bytes = convert_keras(model, calib)
-    path = out_dir / MODEL_NAME
-    path.write_bytes(model_bytes)
-    acc_int8 = int8_accuracy(model_bytes, test_ds)
-    log(f"int8 accuracy (tinytrain simulator, integer preprocessing): {acc_int8:.4f}")
-    record = {
-        "model": MODEL_NAME,
-        "architecture": (
+    recipe = Recipe(
+        model=MODEL_NAME,
+        architecture=(
             f"tinytrain.models.vit.keras_tiny_vit: {cfg.image_size}x{cfg.image_size}x{cfg.channels}, "
             f"patch {cfg.patch}, "
             f"dim {cfg.dim}, {cfg.depth} blocks, {cfg.heads} heads, MLP x{cfg.mlp_ratio} {cfg.activation}, "
             f"{cfg.tokens} tokens, logits head"
         ),
-        "source_task": "fashion-mnist classes 0-4 (T-shirt/top, Trouser, Pullover, Dress, Coat)",
-        "train_images": len(train_ds),
-        "per_class": per_class,
-        "epochs": epochs,
-        "batch": BATCH,
-        "optimizer": f"AdamW (weight decay {WEIGHT_DECAY}), cosine-decayed lr from {lr}",
-        "augmentation": "horizontal flip of every other batch",
-        "seed": seed,
-        "test_images": len(test_ds),
-        "float_test_accuracy": round(acc_float, 4),
-        "int8_test_accuracy": round(acc_int8, 4),
-        "bytes": len(model_bytes),
-        "sha256": hashlib.sha256(model_bytes).hexdigest(),
-        "tensorflow": tensorflow_version(),
-        "train_seconds": round(t_train, 1),
-        "total_seconds": round(time.time() - t_start, 1),
-    }
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
+        optimizer=f"AdamW (weight decay {WEIGHT_DECAY}), cosine-decayed lr from {lr}",
+        augmentation="horizontal flip of every other batch",
+    )
+    return write_shipped(out_dir, convert_keras(model, calib), recipe, train_ds, test_ds, per_class, epochs, seed,
+                         acc_float, t_train, t_start, log)  # fmt: skip
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description="train and convert tinytrain's shipped Fashion-MNIST 0-4 tiny ViT")
-    ap.add_argument("--out", type=Path, default=DATA_DIR)
-    ap.add_argument("--per-class", type=int, default=2000, help="training images per class (default 2000)")
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    record = pretrain(args.out, per_class=args.per_class, epochs=args.epochs, seed=args.seed, lr=args.lr, log=print)
-    print(json.dumps(record, indent=2))
-    return 0
+    return run_cli("train and convert tinytrain's shipped Fashion-MNIST 0-4 tiny ViT", 10, 1e-3, pretrain)
 
 
 if __name__ == "__main__":
