@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codegen.backends import RunResult, RunSpec, run_backend
+from codegen.backends import RunSpec, run_backend
+from tests.helpers_runs import assert_same_run
 from tinytrain.datasets import fashion_mnist
 from tinytrain.errors import UsageError
 from tinytrain.models.ship import CHECKPOINT, MBV2, shipped
@@ -29,20 +30,12 @@ def _compile(scheme: str, batch: int = 1, model: str = MBV2) -> Compiled:
     return compile_model(shipped(model), CompileOptions(scheme, classes=10, sample_bytes=784, batch=batch))
 
 
-def _same(a: RunResult, b: RunResult) -> None:
-    assert a.steps == b.steps
-    assert np.array_equal(a.test_logits, b.test_logits)
-    assert sorted(a.tensors) == sorted(b.tensors)
-    for name, t in a.tensors.items():
-        assert t.dtype == b.tensors[name].dtype and np.array_equal(t, b.tensors[name]), name
-
-
 @pytest.mark.parametrize("scheme", ["last-layer", "tte"])
 def test_host_matches_simulator(scheme: str, spec: RunSpec, tmp_path: Path) -> None:
     c = _compile(scheme)
     sim = run_backend("sim", c, spec)
     host = run_backend("host", c, spec, work_dir=tmp_path)
-    _same(sim, host)
+    assert_same_run(sim, host)
     # the run trained something: some tensor moved away from its compiled value
     g = c.program.graph
     assert any(not np.array_equal(t, np.asarray(g.tensor(n).data)) for n, t in host.tensors.items())
@@ -51,7 +44,7 @@ def test_host_matches_simulator(scheme: str, spec: RunSpec, tmp_path: Path) -> N
 def test_sanitized_build(spec: RunSpec, tmp_path: Path) -> None:
     c = _compile("last-layer")
     short = RunSpec(spec.samples[:4], spec.labels[:4], spec.test[:2], seed=1, lr=0.05)
-    _same(run_backend("sim", c, short), run_backend("host", c, short, work_dir=tmp_path, sanitize=True))
+    assert_same_run(run_backend("sim", c, short), run_backend("host", c, short, work_dir=tmp_path, sanitize=True))
 
 
 def test_batch_refused() -> None:
@@ -74,4 +67,4 @@ def test_host_fused_backward_matches_simulator(model: str, scheme: str, spec: Ru
     for st in fused:  # the planned scratch is the kernel's (tests/test_c_fused_bwd.py, test_c_fused_pde_bwd.py)
         buf = next(b for b in c.plan.buffers if b.name == f"scratch:fused-bwd:{st.op_index}")
         assert buf.size == st.fused_scratch_bytes and c.plan.offset(buf.name) % 8 == 0
-    _same(run_backend("sim", c, spec), run_backend("host", c, spec, work_dir=tmp_path))
+    assert_same_run(run_backend("sim", c, spec), run_backend("host", c, spec, work_dir=tmp_path))

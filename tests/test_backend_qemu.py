@@ -21,6 +21,7 @@ from codegen.backends import (
 )
 from codegen.emit import Generated
 from codegen.targets import ElfInfo
+from tests.helpers_runs import assert_same_run
 from tinytrain.datasets import fashion_mnist
 from tinytrain.errors import UsageError
 from tinytrain.models.ship import MBV2, shipped
@@ -65,14 +66,6 @@ def builds(
         return dict(zip(keys, done, strict=True))
 
 
-def _same(a: RunResult, b: RunResult) -> None:
-    assert a.steps == b.steps
-    assert np.array_equal(a.test_logits, b.test_logits)
-    assert sorted(a.tensors) == sorted(b.tensors)
-    for name, t in a.tensors.items():
-        assert t.dtype == b.tensors[name].dtype and np.array_equal(t, b.tensors[name]), name
-
-
 @pytest.mark.parametrize("target", QEMU_BACKENDS)
 @pytest.mark.parametrize("scheme", ["last-layer", "tte"])
 def test_qemu_matches_simulator(
@@ -82,7 +75,7 @@ def test_qemu_matches_simulator(
     gen, info = builds[scheme, target]
     assert info.target == target and info.text > 0 and info.bss >= gen.lowered.arena_size
     dev = run_generated(c, gen, spec, qemu_transport(info, 120))
-    _same(sim, dev)
+    assert_same_run(sim, dev)
     assert len(dev.steps) == STEPS
     g = c.program.graph
     assert any(not np.array_equal(t, np.asarray(g.tensor(n).data)) for n, t in dev.tensors.items())

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from codegen.backends import RunResult, RunSpec, build_device, qemu_transport, run_backend, run_generated
+from codegen.backends import RunSpec, build_device, qemu_transport, run_backend, run_generated
 from codegen.lower import lower
+from tests.helpers_runs import assert_same_run
 from tests.helpers_vit import write_tiny_vit
 from tinytrain.datasets import fashion_mnist
 from tinytrain.errors import UsageError
@@ -60,14 +61,6 @@ def _compile(graph: Graph, scheme: str, sram: int = 256 * KB) -> Compiled:
     return compile_graph(graph, scheme, CompileOptions(scheme, classes=10, sample_bytes=28 * 28, sram_bytes=sram))
 
 
-def _same(a: RunResult, b: RunResult) -> None:
-    assert a.steps == b.steps
-    assert np.array_equal(a.test_logits, b.test_logits)
-    assert sorted(a.tensors) == sorted(b.tensors)
-    for name, t in a.tensors.items():
-        assert t.dtype == b.tensors[name].dtype and np.array_equal(t, b.tensors[name]), name
-
-
 @pytest.mark.parametrize("scheme", HOST_SCHEMES)
 def test_host_matches_simulator(graph: Graph, scheme: str, spec: RunSpec, tmp_path: Path) -> None:
     # bias-only trains every bias of the model: over 256 KB, but the host does not care
@@ -80,7 +73,7 @@ def test_host_matches_simulator(graph: Graph, scheme: str, spec: RunSpec, tmp_pa
         assert any(b.name.startswith("saved:") and "@" not in b.name for b in c.plan.buffers)  # shared copies
     sim = run_backend("sim", c, spec)
     host = run_backend("host", c, spec, work_dir=tmp_path)
-    _same(sim, host)
+    assert_same_run(sim, host)
     g = c.program.graph
     moved = [n for n, t in host.tensors.items() if not np.array_equal(t, np.asarray(g.tensor(n).data))]
     assert moved  # the run trained something
@@ -99,7 +92,7 @@ def test_bsr_fits_and_trains_on_qemu_m7(graph: Graph, spec: RunSpec, tmp_path: P
     assert info.ram_used <= 256 * KB and info.flash_used <= 1024 * KB
     assert info.ram_used >= c.plan.arena_size
     short = RunSpec(spec.samples[:2], spec.labels[:2], spec.test[:1], seed=spec.seed, lr=spec.lr)
-    _same(run_backend("sim", c, short), run_generated(c, gen, short, qemu_transport(info, 300.0)))
+    assert_same_run(run_backend("sim", c, short), run_generated(c, gen, short, qemu_transport(info, 300.0)))
 
 
 # ---------------------------------------------------------------- the new kernels (ctypes)

@@ -24,6 +24,7 @@ from host_tools.device import Device
 from host_tools.firmware import build_app
 from host_tools.link import Link
 from tests.helpers_port import PipePort
+from tests.helpers_runs import assert_same_run
 from tinytrain.datasets import fashion_mnist
 from tinytrain.models.ship import CHECKPOINT, shipped
 from tinytrain.train.compile import Compiled, CompileOptions, compile_model
@@ -49,14 +50,6 @@ def programs(spec: RunSpec) -> dict[str, tuple[Compiled, RunResult]]:
         c = compile_model(shipped(CHECKPOINT), CompileOptions(s, classes=10, sample_bytes=784))
         out[s] = (c, run_backend("sim", c, spec))
     return out
-
-
-def _same(a: RunResult, b: RunResult) -> None:
-    assert a.steps == b.steps
-    assert np.array_equal(a.test_logits, b.test_logits)
-    assert sorted(a.tensors) == sorted(b.tensors)
-    for name, t in a.tensors.items():
-        assert t.dtype == b.tensors[name].dtype and np.array_equal(t, b.tensors[name]), name
 
 
 def test_simulated_runs_select_and_train(programs: dict[str, tuple[Compiled, RunResult]]) -> None:
@@ -89,7 +82,7 @@ def test_host_matches_simulator(spec: RunSpec, programs: dict[str, tuple[Compile
         assert r.exit_status == 0
         return r.uart_output
 
-    _same(sim, run_generated(c, gen, spec, transport))
+    assert_same_run(sim, run_generated(c, gen, spec, transport))
 
 
 @pytest.mark.skipif(not HAVE_QEMU, reason="arm-none-eabi-gcc / qemu-system-arm not installed")
@@ -110,7 +103,7 @@ def test_qemu_matches_simulator(
     with ThreadPoolExecutor(2) as pool:
         results = dict(zip(jobs, pool.map(run, jobs), strict=True))
     for target, res in results.items():
-        _same(programs[jobs[target]][1], res)
+        assert_same_run(programs[jobs[target]][1], res)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -230,4 +223,4 @@ def test_host_depthwise_and_classifier_rows(spec: RunSpec, tmp_path: Path) -> No
         assert r.exit_status == 0
         return r.uart_output
 
-    _same(run_backend("sim", c, short), run_generated(c, gen, short, transport))
+    assert_same_run(run_backend("sim", c, short), run_generated(c, gen, short, transport))

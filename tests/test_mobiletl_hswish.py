@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from codegen.backends import QEMU_BACKENDS, RunResult, RunSpec, build_device, qemu_transport, run_backend, run_generated
+from tests.helpers_runs import assert_same_run
 from tinytrain.datasets import fashion_mnist
 from tinytrain.frontends.tflite import load_tflite
 from tinytrain.ir.ops import OpKind
@@ -118,14 +119,6 @@ def test_program_uses_input_sign_masks(model: Path) -> None:
     assert _compile(model, "tte").plan.arena_size <= 256 * KB  # other schemes use the exact rule
 
 
-def _same(a: RunResult, b: RunResult) -> None:
-    assert a.steps == b.steps and len(a.steps) == STEPS
-    assert np.array_equal(a.test_logits, b.test_logits)
-    assert sorted(a.tensors) == sorted(b.tensors)
-    for name, t in a.tensors.items():
-        assert np.array_equal(t, b.tensors[name]), name
-
-
 @pytest.mark.skipif(not HAVE_GCC, reason="gcc is not installed")
 def test_host_and_qemu_match_simulator(model: Path, tmp_path: Path) -> None:
     """The sign rule on the host and QEMU Cortex-M4 (qemu-m7: ReLU6 in test_mobiletl_qemu.py),
@@ -147,7 +140,7 @@ def test_host_and_qemu_match_simulator(model: Path, tmp_path: Path) -> None:
         results = list(pool.map(run, runs))
     sims = {k: run_backend("sim", c, spec) for k, c in programs.items()}
     for (rule, _), r in zip(runs, results, strict=True):
-        _same(sims[rule], r)
+        assert_same_run(sims[rule], r, STEPS)
     for rule, c in programs.items():
         g = c.program.graph
         assert any(not np.array_equal(t, np.asarray(g.tensor(n).data)) for n, t in sims[rule].tensors.items()), rule

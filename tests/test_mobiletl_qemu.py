@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from codegen.backends import QEMU_BACKENDS, RunResult, RunSpec, build_device, qemu_transport, run_backend, run_generated
+from codegen.backends import QEMU_BACKENDS, RunSpec, build_device, qemu_transport, run_backend, run_generated
+from tests.helpers_runs import assert_same_run
 from tinytrain.datasets import fashion_mnist
 from tinytrain.models.ship import CHECKPOINT, shipped
 from tinytrain.train.compile import CompileOptions, compile_model
@@ -23,14 +24,6 @@ pytestmark = pytest.mark.skipif(
     shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
     reason="arm-none-eabi-gcc / qemu-system-arm not installed",
 )
-
-
-def _same(a: RunResult, b: RunResult) -> None:
-    assert a.steps == b.steps and len(a.steps) == STEPS
-    assert np.array_equal(a.test_logits, b.test_logits)
-    assert sorted(a.tensors) == sorted(b.tensors)
-    for name, t in a.tensors.items():
-        assert t.dtype == b.tensors[name].dtype and np.array_equal(t, b.tensors[name]), name
 
 
 def test_qemu_m4_and_m7_match_simulator(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -46,6 +39,6 @@ def test_qemu_m4_and_m7_match_simulator(tmp_path_factory: pytest.TempPathFactory
         sim = run_backend("sim", c, spec)
         results = list(runs)
     for r in results:
-        _same(sim, r)
+        assert_same_run(sim, r, STEPS)
     g = c.program.graph
     assert any(not np.array_equal(t, np.asarray(g.tensor(n).data)) for n, t in sim.tensors.items())
