@@ -148,6 +148,11 @@ def test_preset_ratio(graph: Graph) -> None:
     assert all(p.dynamic is not None and p.dynamic.explore == 0 for p in s2.dynamic)
     s3 = resolve(get_scheme("dgsu:ratio=0.02,weights=-3", graph), graph)  # one index keeps its sign
     assert [p.layer.index for p in s3.dynamic] == [layers[-3].index]
+    n = len(layers)
+    for spec in ("dgsu:ratio=0.02,weights=48,bias=9", "dgsu-layers:weights=48,bias=9"):  # biases as tte:bias=9
+        s4 = resolve(get_scheme(spec, graph), graph)
+        assert [p.layer.index for p in s4.dynamic] == [48]
+        assert [p.layer.index for p in s4.layers if p.trains_bias] == [i for i in range(n) if i >= n - 9]
 
 
 @pytest.mark.parametrize(
@@ -161,6 +166,8 @@ def test_preset_ratio(graph: Graph) -> None:
         ("dgsu:ratio=0.02,explore=2", "explore"),
         ("dgsu:ratio=0.02,size=3", "bad parameter"),
         ("dgsu:ratio=0.02,weights=48+-1", "classifier"),
+        ("dgsu:ratio=0.02,weights=48,bias=2", r"bias=2 must be in \d+\.\.\d+: .*include every candidate"),
+        ("dgsu-layers:weights=48,bias=x", "bias must be"),
         ("dgsu-layers:layers=99", "layers=99"),
         ("dgsu-layers:ratio=2", "must be in"),
     ],

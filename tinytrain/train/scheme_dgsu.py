@@ -1,8 +1,10 @@
-"""The DGSU presets (docs/schemes.md, "DGSU"): ``dgsu:ratio=R[,blocks=B][,weights=I+J+…][,explore=F]``
-and ``dgsu-layers:[layers=M][,blocks=B][,weights=I+J+…][,ratio=R][,explore=F]``.
+"""The DGSU presets (docs/schemes.md, "DGSU"):
+``dgsu:ratio=R[,blocks=B][,weights=I+J+…][,bias=N][,explore=F]`` and
+``dgsu-layers:[layers=M][,blocks=B][,weights=I+J+…][,bias=N][,ratio=R][,explore=F]``.
 
 Candidates: the 1×1 convs (expansion and projection) of the last B inverted-residual blocks,
-or the listed layers. Biases train from the first candidate's block on (as ``tte``), the
+or the listed layers. Biases train from the first candidate's block on (as ``tte``), or with
+``bias=N`` in the last N layers (as ``tte:bias=N``; they must include every candidate), the
 classifier in full.
 
 * ``dgsu``: every candidate updates ``k = ⌈f · rows⌉`` weight rows per step with
@@ -93,12 +95,21 @@ def _explore(p: dict[str, str], name: str) -> float:
 
 def dgsu_preset(spec: str, name: str, arg: str, layers: tuple[Layer, ...]) -> Scheme:
     if name == "dgsu":
-        p = _params(arg, name, {"ratio", "blocks", "weights", "explore"})
+        p = _params(arg, name, {"ratio", "blocks", "weights", "bias", "explore"})
         if "ratio" not in p:
             raise UsageError("dgsu needs ratio=R, the fraction of the conv weights updated per step (e.g. 0.02)")
     else:
-        p = _params(arg, name, {"layers", "ratio", "blocks", "weights", "explore"})
+        p = _params(arg, name, {"layers", "ratio", "blocks", "weights", "bias", "explore"})
     idx, first = _candidates(name, p, layers)
+    if "bias" in p:
+        n_bias = _int(p["bias"], f"{name} bias")
+        need = len(layers) - idx[0]
+        if not need <= n_bias <= len(layers):
+            raise UsageError(
+                f"{name}: bias={n_bias} must be in {need}..{len(layers)}: the biases that train must include "
+                f"every candidate (the first is layer {idx[0]} of {len(layers)})"
+            )
+        first = len(layers) - n_bias
     f_explore = _explore(p, name)
     rules: dict[int, LayerRule] = {i: LayerRule(i, Update.BIAS) for i in range(first, len(layers) - 1)}
     rules[len(layers) - 1] = LayerRule(len(layers) - 1, Update.FULL)
