@@ -7,6 +7,9 @@ finished ones):
 * ``qemu-<m7|m4>-<ref|dsp>``: instructions per training step and per inference
   (``codegen.profile``: QEMU ``-icount shift=0``, resolution 40, deterministic), MACs per
   instruction, ELF text/data/bss against the plan (arena, flash constants);
+* ``firmware-<m7|m4>-<ref|dsp>``: the firmware a user flashes (``tinytrain build``: the run
+  driver, no profiling instrumentation), its flash (text + data) and static SRAM (data + bss,
+  stacks included) from the ELF, against the issue's ≤ 128 KB SRAM / ≤ 1 MB flash;
 * ``host``: training throughput (samples/s) of the generated C built for the host (x86
   kernels, -O3 -march=native; one process, timed inside by difference of two runs so that start-up cancels) and its
   inference time per sample;
@@ -38,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from codegen.backends import RunSpec, build_host, encode_run  # noqa: E402
+from codegen.backends import RunSpec, build_device, build_host, encode_run  # noqa: E402
 from codegen.profile import profile  # noqa: E402
 from codegen.targets import run_host  # noqa: E402
 from tinytrain.datasets import fashion_mnist  # noqa: E402
@@ -156,6 +159,20 @@ def tflm_section(c: Compiled, n: int) -> dict[str, Any]:
     }
 
 
+def firmware_section(c: Compiled, target: str, kernels: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        _, info = build_device(c, target, Path(tmp), (28, 28), kernels)  # type: ignore[arg-type]
+    return {
+        "target": target,
+        "kernels": kernels,
+        "text": info.text,
+        "data": info.data,
+        "bss": info.bss,
+        "flash_used": info.flash_used,
+        "sram_used": info.ram_used,
+    }
+
+
 def plan_section(c: Compiled) -> dict[str, Any]:
     m = c.memory
     return {
@@ -174,7 +191,11 @@ def main() -> int:
     ap.add_argument("--host-samples", type=int, default=200)
     ap.add_argument("--keras-samples", type=int, default=640)
     ap.add_argument("--tflm-samples", type=int, default=20)
-    ap.add_argument("--sections", default="plan,qemu-m7-ref,qemu-m4-ref,qemu-m7-dsp,qemu-m4-dsp,host,keras,tflm")
+    ap.add_argument(
+        "--sections",
+        default="plan,firmware-m7-ref,firmware-m7-dsp,firmware-m4-dsp,qemu-m7-ref,qemu-m4-ref,qemu-m7-dsp,qemu-m4-dsp,"
+        "host,keras,tflm",
+    )
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     done: dict[str, Any] = json.loads(PARTIAL.read_text()) if args.resume and PARTIAL.exists() else {}
@@ -186,6 +207,9 @@ def main() -> int:
         t0 = time.time()
         if name == "plan":
             done[name] = plan_section(c)
+        elif name.startswith("firmware-"):
+            _, core, kernels = name.split("-")
+            done[name] = firmware_section(c, f"qemu-{core}", kernels)
         elif name.startswith("qemu-"):
             _, core, kernels = name.split("-")
             done[name] = qemu_section(c, f"qemu-{core}", kernels)
@@ -226,6 +250,20 @@ def markdown(r: dict[str, Any]) -> str:
                 f"| {v['macs_per_instruction_train']:.3f} | {e['text']:,} | {e['data']:,} | {e['bss']:,} "
                 f"| {v['arena_bytes']:,} |"
             )
+    fw = [v for k, v in r.items() if isinstance(v, dict) and k.startswith("firmware-")]
+    if fw:
+        lines += [
+            "",
+            "Firmware as flashed (`tinytrain build`, run driver, no profiling instrumentation):",
+            "",
+            "| target | kernels | text | data | bss (incl. stacks) | flash used | static SRAM used |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {v['target']} | {v['kernels']} | {v['text']:,} | {v['data']:,} | {v['bss']:,} | {v['flash_used']:,} "
+            f"| {v['sram_used']:,} |"
+            for v in fw
+        ]
     if "plan" in r:
         p = r["plan"]
         lines += [
