@@ -41,7 +41,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy tinytrain
 
 pytest: $(STAMP) apt
-	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile tests
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25 tests
 
 test: apt $(STAMP) lint typecheck pytest
 
