@@ -2,7 +2,8 @@
 the simulator's bytes — per-step (p_label, predicted), every trained tensor, the test logits — on
 the host for ``vit-last:1``, ``bsr`` (tokens dropped before a trained block, so TOKEN_SELECT's
 backward runs too) and ``bias-only``; the BSR program of the default tiny ViT fits 256 KB of SRAM
-and 1 MB of flash as planned and as linked for qemu-m7, where it trains to the same bytes.
+and 1 MB of flash as planned and as linked for qemu-m7 and qemu-m4 (dsp kernels), where it trains
+to the same bytes.
 The new C kernels (TOKEN_SELECT forward / backward, the ViT clamp mask) are checked against
 their numpy twins through ctypes.
 
@@ -83,12 +84,14 @@ def test_host_matches_simulator(graph: Graph, scheme: str, spec: RunSpec, tmp_pa
     shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
     reason="the ARM toolchain or QEMU is not installed",
 )
-def test_bsr_fits_and_trains_on_qemu_m7(graph: Graph, spec: RunSpec, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("target", "kernels"), [("qemu-m7", "ref"), ("qemu-m4", "dsp")])
+def test_bsr_fits_and_trains_on_qemu(graph: Graph, spec: RunSpec, tmp_path: Path, target: str, kernels: str) -> None:
     """The default tiny ViT under BSR within the default budgets: the plan, then the linked
-    firmware (arena, stacks, constants and code), which trains to the simulator's bytes."""
+    firmware (arena, stacks, constants and code), which trains to the simulator's bytes on
+    both emulated cores (the M4 build with the DSP kernel backend)."""
     c = _compile(graph, BSR)
     assert c.plan.arena_size <= 256 * KB and c.memory.flash_bytes <= 1024 * KB
-    gen, info = build_device(c, "qemu-m7", tmp_path, spec.sample_shape)
+    gen, info = build_device(c, target, tmp_path, spec.sample_shape, kernels)  # type: ignore[arg-type]
     assert info.ram_used <= 256 * KB and info.flash_used <= 1024 * KB
     assert info.ram_used >= c.plan.arena_size
     short = RunSpec(spec.samples[:2], spec.labels[:2], spec.test[:1], seed=spec.seed, lr=spec.lr)
