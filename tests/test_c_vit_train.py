@@ -3,7 +3,7 @@ the simulator's bytes — per-step (p_label, predicted), every trained tensor, t
 the host for ``vit-last:1``, ``bsr`` (tokens dropped before a trained block, so TOKEN_SELECT's
 backward runs too) and ``bias-only``; the BSR program of the default tiny ViT fits 256 KB of SRAM
 and 1 MB of flash as planned and as linked for qemu-m7 and qemu-m4 (dsp kernels), where it trains
-to the same bytes.
+to the same bytes, and its training application does over a serial byte stream on qemu-m7.
 The new C kernels (TOKEN_SELECT forward / backward, the ViT clamp mask) are checked against
 their numpy twins through ctypes.
 
@@ -96,6 +96,38 @@ def test_bsr_fits_and_trains_on_qemu(graph: Graph, spec: RunSpec, tmp_path: Path
     assert info.ram_used >= c.plan.arena_size
     short = RunSpec(spec.samples[:2], spec.labels[:2], spec.test[:1], seed=spec.seed, lr=spec.lr)
     assert_same_run(run_backend("sim", c, short), run_generated(c, gen, short, qemu_transport(info, 300.0)))
+
+
+@pytest.mark.skipif(
+    shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None,
+    reason="the ARM toolchain or QEMU is not installed",
+)
+def test_bsr_trains_over_serial(graph: Graph, spec: RunSpec, tmp_path: Path) -> None:
+    """The training application (firmware_templates/app) of the BSR program on qemu-m7, driven
+    over its serial byte stream like the CNN's: the steps, the pulled tensors and an evaluation
+    equal the simulator's."""
+    from codegen.targets import qemu_serial_session
+    from host_tools.device import Device
+    from host_tools.firmware import build_app
+    from host_tools.link import Link
+
+    c = _compile(graph, BSR)
+    app = build_app(c, "qemu-m7", tmp_path, spec.sample_shape)
+    short = RunSpec(spec.samples[:2], spec.labels[:2], spec.test[:1], seed=spec.seed, lr=spec.lr)
+    sim = run_backend("sim", c, short)
+    with qemu_serial_session(app.info.elf, "qemu-m7") as s:
+        dev = Device(Link(s.port, timeout=5.0, retries=2), app.program, step_timeout=120.0)
+        dev.reset(short.seed)
+        dev.set_lr(short.lr)
+        dev.set_schedule("constant", short.total)
+        steps = [dev.train(x, int(y)) for x, y in zip(short.samples, short.labels, strict=True)]
+        pulled = dev.pull()
+        logits = np.stack([dev.eval(x) for x in short.test])
+    assert [(r.p_label, r.predicted) for r in steps] == list(sim.steps)
+    assert sorted(pulled) == sorted(sim.tensors)
+    for name, t in sim.tensors.items():
+        assert pulled[name].dtype == t.dtype and np.array_equal(pulled[name], t), name
+    assert np.array_equal(logits, sim.test_logits)
 
 
 # ---------------------------------------------------------------- the new kernels (ctypes)
