@@ -272,6 +272,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 MODELS = {
     "shipped": "MobileNetV2-w0.35 @128, Fashion-MNIST 0-4 pretrained (shipped)",
     "imagenet": "MobileNetV2-w0.35 @128, ImageNet (tiny-training .pkl)",
+    "vit": "tiny ViT (dim 64, 4 blocks) @32, Fashion-MNIST 0-4 pretrained (shipped)",  # benchmarks/train_vit.py
 }
 
 
@@ -280,6 +281,8 @@ def model_path(key: str) -> Path | None:
 
     if key == "shipped":
         return shipped("mbv2-w0.35-128-fmnist04-int8.tflite")
+    if key == "vit":
+        return shipped("vit-d64-32-fmnist04-int8.tflite")
     return SHARED_PKL if SHARED_PKL.exists() else None
 
 
@@ -424,7 +427,7 @@ def protocol(args: argparse.Namespace) -> dict[str, Any]:
         "train_samples": args.train_samples,
         "test_samples": args.test_samples,
         "epochs": args.epochs,
-        "input": "28x28 -> bilinear 128x128, grey -> 3 channels, [-1, 1]",
+        "input": "28x28 -> bilinear to the model's input (128x128 MobileNetV2, 32x32 ViT), grey -> 3 channels, [-1, 1]",
         "head": "zero-initialised, 10 classes",
         "int8": "batch 1, integer-only, simulator",
         "seed": args.seed,
