@@ -166,3 +166,27 @@ def test_converted_keras_model_same_padding_mean_softmax(small_cnn: Path) -> Non
     x = np.random.default_rng(4).integers(-128, 128, (16, 16, 16, 3), dtype=np.int8)
     a = agreement(graph, x)  # compares the logits before the SOFTMAX
     assert a.correlation > 0.99 and a.top1 >= 0.9 and a.mean_abs < 2 * a.output_scale
+
+
+def test_vit_float_model_agrees_and_full_finetuning_trains_its_constants() -> None:
+    """The shipped tiny ViT (transformer ops: float_vit_ops): its float model tracks the int8
+    simulator, and full fine-tuning also trains the class token and the position embedding."""
+    from tinytrain.models.ship import shipped
+    from tinytrain.train.data import load_dataset, preprocess_for_graph
+
+    graph = load_model(shipped("vit-d64-32-fmnist04-int8.tflite"))
+    test = load_dataset("fashion-mnist", "test")
+    a = agreement(graph, preprocess_for_graph(graph, test.sample_shape)(test.images[:64]))
+    assert a.correlation > 0.99 and a.top1 >= 0.9 and a.mean_abs < 4 * a.output_scale
+    xtr, ytr = test.images[:64], test.labels[:64].astype(np.int64)
+    res = finetune_float(graph, xtr, ytr, xtr, ytr, classes=10, epochs=1, batch=16, lr=0.01)
+    model = res["model"]
+    names = [v.path for v in model.trainable_variables]
+    assert any("concatenation" in n for n in names) and res["trainable_parameters"] == sum(
+        int(np.prod(v.shape)) for v in model.trainable_variables
+    )
+    before = float_model(graph)
+    for v in model.trainable_variables:
+        if "concatenation" in v.path:  # the class token moved
+            ref = next(w for w in before.trainable_variables if w.path == v.path)
+            assert not np.array_equal(np.asarray(v), np.asarray(ref))

@@ -56,6 +56,7 @@ from tinytrain.ir.ops import (
     ReduceAttrs,
 )
 from tinytrain.ir.tensor import Tensor
+from tinytrain.train.float_vit_ops import VIT_OPS, vit_float_op
 from tinytrain.train.layers import linear_layers
 
 Clamps = Literal["activation", "int8"]
@@ -138,9 +139,8 @@ def _float_op(keras: Any, op: Op, ins: Sequence[Tensor | None], out: Tensor, arg
     k = op.kind
     if k in (OpKind.CONV_2D, OpKind.DEPTHWISE_CONV_2D, OpKind.FULLY_CONNECTED):
         return _linear(keras, op, ins, out, x, name)
-    if k is OpKind.ADD:
-        if not isinstance(op.attrs, ElementwiseAttrs) or any(a is None for a in args[:2]):
-            raise _unsupported(op, "ADD of two activations only")
+    same = len(ins) > 1 and ins[0] is not None and ins[1] is not None and ins[0].shape == ins[1].shape
+    if k is OpKind.ADD and isinstance(op.attrs, ElementwiseAttrs) and same and None not in args[:2]:
         return keras.layers.Add(name=name)([args[0], args[1]])
     if k is OpKind.PAD:
         pads = _const(op, ins, 1).astype(np.int64).reshape(-1, 2)
@@ -148,11 +148,10 @@ def _float_op(keras: Any, op: Op, ins: Sequence[Tensor | None], out: Tensor, arg
             raise _unsupported(op, "only spatial padding of NHWC tensors")
         spatial = ((int(pads[1, 0]), int(pads[1, 1])), (int(pads[2, 0]), int(pads[2, 1])))
         return keras.layers.ZeroPadding2D(spatial, name=name)(x)
-    if k is OpKind.MEAN:
+    if k is OpKind.MEAN and ins[0] is not None and len(ins[0].shape) == 4:
         axes = sorted(int(a) % 4 for a in _const(op, ins, 1).reshape(-1))
-        if axes != [1, 2] or not isinstance(op.attrs, ReduceAttrs):
-            raise _unsupported(op, "MEAN over the spatial axes (1, 2) only")
-        return keras.layers.GlobalAveragePooling2D(keepdims=op.attrs.keep_dims, name=name)(x)
+        if axes == [1, 2] and isinstance(op.attrs, ReduceAttrs):
+            return keras.layers.GlobalAveragePooling2D(keepdims=op.attrs.keep_dims, name=name)(x)
     if k is OpKind.AVERAGE_POOL_2D:
         a = op.attrs
         assert isinstance(a, Pool2DAttrs)
@@ -163,6 +162,8 @@ def _float_op(keras: Any, op: Op, ins: Sequence[Tensor | None], out: Tensor, arg
         return keras.layers.Reshape(out.shape[1:], name=name)(x)
     if k is OpKind.SOFTMAX:
         return keras.layers.Softmax(name=name)(x)
+    if k in VIT_OPS:  # the transformer ops (and ADD / MEAN beyond the CNN forms above)
+        return vit_float_op(keras, op, ins, args, name)
     raise _unsupported(op, "no float equivalent in the baseline")
 
 
@@ -197,6 +198,9 @@ def _linear(keras: Any, op: Op, ins: Sequence[Tensor | None], out: Tensor, x: An
             use_bias=bias_t is not None, name=name,
         )
         kernel = wf[0].reshape(w.shape[1], w.shape[2], cin, w.shape[3] // cin)
+    elif isinstance(a, FullyConnectedAttrs) and a.keep_num_dims and len(inp.shape) == len(out.shape):
+        layer = keras.layers.Dense(w.shape[0], use_bias=bias_t is not None, name=name)  # over the last axis
+        kernel = wf.T
     elif isinstance(a, FullyConnectedAttrs):
         if len(inp.shape) != 2:
             x = keras.layers.Reshape((w.shape[1],), name=f"{name}_flatten")(x)
@@ -206,7 +210,7 @@ def _linear(keras: Any, op: Op, ins: Sequence[Tensor | None], out: Tensor, x: An
         raise _unsupported(op, "unexpected attributes")
     y = layer(x)
     layer.set_weights([kernel.astype(np.float32)] + ([bias.astype(np.float32)] if bias_t is not None else []))
-    if isinstance(a, FullyConnectedAttrs) and len(out.shape) != 2:
+    if isinstance(a, FullyConnectedAttrs) and len(out.shape) != 2 and not a.keep_num_dims:
         y = keras.layers.Reshape(out.shape[1:], name=f"{name}_reshape")(y)
     return y
 
@@ -381,7 +385,8 @@ def finetune_float(
 
     keras.utils.set_random_seed(seed)
     model = float_model(g)
-    variables = select_variables(model, selection)
+    # "full": every variable, including the constant parameters of a ViT (float_vit_ops)
+    variables = list(model.trainable_variables) if trainable == "full" else select_variables(model, selection)
     optimizer = keras.optimizers.SGD(learning_rate=lr, momentum=MOMENTUM)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
