@@ -304,12 +304,12 @@ def run_model(key: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         if args.resume and keep.exists():
             row = json.loads(keep.read_text())
             same = row.get("lr") == lr and (is_float or row.get("schedule", "constant") == args.schedule)
-            if row.get("protocol") == protocol(args) and same:
+            if row.get("protocol") == protocol(args, key) and same:
                 rows.append(row)
                 continue
         print(f"[{key}] {scheme} (lr {lr:g}) ...", file=sys.stderr, flush=True)
         row = float_row(path, lr, args, data) if is_float else int8_row(path, scheme, lr, args, data)
-        row["protocol"] = protocol(args)
+        row["protocol"] = protocol(args, key)
         row["code_rev"] = code_rev()
         keep.parent.mkdir(parents=True, exist_ok=True)
         keep.write_text(json.dumps(row, indent=2) + "\n")
@@ -379,7 +379,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         for scheme, lr, is_float in row_jobs(args):
             keep = row_file(args.partial, key, scheme, lr, is_float)
             row = json.loads(keep.read_text()) if keep.exists() else None
-            ok = row is not None and row.get("protocol") == protocol(args) and row.get("lr") == lr
+            ok = row is not None and row.get("protocol") == protocol(args, key) and row.get("lr") == lr
             if ok and row is not None and (is_float or row.get("schedule", "constant") == args.schedule):
                 if not is_float and enrich(row, key, scheme, args, profiled):
                     keep.write_text(json.dumps(row, indent=2) + "\n")
@@ -387,7 +387,9 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             else:
                 missing.append(f"{key}: {scheme} (lr {lr:g})")
         results.append({"model": MODELS[key], "rows": rows})
-    return {"benchmark": "train_fmnist", "protocol": protocol(args), "results": results, "missing": missing}
+    keys = [k for k in args.models.split(",") if k in MODELS]
+    return {"benchmark": "train_fmnist", "protocol": protocol(args, keys[0] if keys else "shipped"), "results": results,
+            "missing": missing}  # fmt: skip
 
 
 def enrich(
@@ -422,12 +424,13 @@ def enrich(
     return changed
 
 
-def protocol(args: argparse.Namespace) -> dict[str, Any]:
+def protocol(args: argparse.Namespace, key: str = "shipped") -> dict[str, Any]:
+    size = 32 if key == "vit" else 128
     return {
         "train_samples": args.train_samples,
         "test_samples": args.test_samples,
         "epochs": args.epochs,
-        "input": "28x28 -> bilinear to the model's input (128x128 MobileNetV2, 32x32 ViT), grey -> 3 channels, [-1, 1]",
+        "input": f"28x28 -> bilinear {size}x{size}, grey -> 3 channels, [-1, 1]",
         "head": "zero-initialised, 10 classes",
         "int8": "batch 1, integer-only, simulator",
         "seed": args.seed,
@@ -453,8 +456,8 @@ def refresh_memory(results: list[dict[str, Any]]) -> None:
             r.update(memory_columns(c))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, description: str | None = None) -> int:
+    ap = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
     ap.add_argument("--train-samples", type=int, default=6000)
     ap.add_argument("--test-samples", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=3)
@@ -496,7 +499,7 @@ def main() -> int:
     ap.add_argument("--plot", type=Path, default=RESULTS / "train_fmnist_acc_sram.png", help="accuracy vs peak SRAM")
     ap.add_argument("--out", type=Path, default=RESULTS / "train_fmnist.json")
     ap.add_argument("--partial", type=Path, default=RESULTS / "train_fmnist.partial")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     if args.refresh_memory:
         payload = json.loads(args.out.read_text())
@@ -508,7 +511,8 @@ def main() -> int:
         with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             blocks = list(pool.map(run_model, keys, [args] * len(keys)))
         results = [{"model": MODELS[k], "rows": rows} for k, rows in zip(keys, blocks, strict=True)]
-        payload = {"benchmark": "train_fmnist", "protocol": protocol(args), "results": results}
+        payload = {"benchmark": "train_fmnist", "protocol": protocol(args, keys[0] if keys else "shipped"),
+                   "results": results}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     note = (
