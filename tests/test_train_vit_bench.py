@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import train_vit  # noqa: E402
+import train_vit
 
 
 def test_tokens_per_step_counts_the_kept_tokens() -> None:
