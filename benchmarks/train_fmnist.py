@@ -29,7 +29,12 @@ The README table (learning-rate grids; ``--collect`` gathers the finished rows):
       --lr-for tte=0.003+0.001 --lr-for bias-only=0.003 --lr-for dgsu:ratio=0.02=0.003+0.001 \
       --lr-for dgsu:ratio=0.02,weights=50=0.003+0.001+0.01 --lr-for mobiletl:blocks=2=0.003+0.001 \
       --lr-for mobiletl:blocks=4=0.003+0.001 \
-      --schemes last-layer,bias-only,tte,dgsu:ratio=0.02,dgsu:ratio=0.02,weights=50,mobiletl:blocks=2,mobiletl:blocks=4
+      --lr-for dgsu:ratio=0.02,weights=48,bias=16=0.003 --lr-for dgsu:ratio=0.05,weights=48,bias=16=0.003+0.01 \
+      --schemes last-layer,bias-only,tte,dgsu:ratio=0.02,dgsu:ratio=0.02,weights=50,\
+    dgsu:ratio=0.02,weights=48,bias=16,dgsu:ratio=0.05,weights=48,bias=16,mobiletl:blocks=2,mobiletl:blocks=4
+
+(the ``--schemes`` value is one word; it is broken here for width). The ViT rows of the same
+protocol come from ``benchmarks/train_vit.py`` (model key ``vit``).
 """
 
 from __future__ import annotations
