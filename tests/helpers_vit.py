@@ -13,7 +13,7 @@ import numpy as np
 from tinytrain.frontends.tflite import load_tflite
 from tinytrain.ir.dtypes import DType
 from tinytrain.ir.graph import Graph
-from tinytrain.ir.ops import Op, OpKind
+from tinytrain.ir.ops import Op, OpKind, TokenSelectAttrs
 from tinytrain.ir.tensor import Quantization, Tensor, TensorKind
 from tinytrain.sim.forward import Simulator
 from tinytrain.testing import zoo
@@ -58,3 +58,16 @@ def const(name: str, data: np.ndarray, quant: Quantization | None = None) -> Ten
 
 def op_of(kind: OpKind, ins: Sequence[Tensor], outs: Sequence[Tensor], attrs: Any, index: int = 9) -> Op:
     return Op(kind, tuple(t.name for t in ins), tuple(t.name for t in outs), attrs, index=index)
+
+
+def token_select_op(
+    t: int, d: int, heads: int, k: int, p_zp: int = -128
+) -> tuple[Op, tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """A TOKEN_SELECT op keeping k of t tokens of width d by the class-token attention of
+    ``heads`` heads, with its input and output tensors."""
+    xq = Quantization.per_tensor(0.05, 3)
+    x = Tensor("x", (1, t, d), DType.INT8, TensorKind.ACTIVATION, xq)
+    p = Tensor("p", (1, heads, t, t), DType.INT8, TensorKind.ACTIVATION, Quantization.per_tensor(1 / 256, p_zp))
+    y = Tensor("y", (1, 1 + k, d), DType.INT8, TensorKind.ACTIVATION, xq)
+    idx = Tensor("idx", (1, k), DType.UINT8, TensorKind.ACTIVATION)
+    return Op(OpKind.TOKEN_SELECT, ("x", "p"), ("y", "idx"), TokenSelectAttrs(k)), (x, p), (y, idx)

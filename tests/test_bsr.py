@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers_vit import write_tiny_vit
+from tests.helpers_vit import token_select_op, write_tiny_vit
 from tinytrain.errors import UsageError
 from tinytrain.ir.dtypes import DType
 from tinytrain.ir.graph import Graph
 from tinytrain.ir.ops import Op, OpKind, TokenSelectAttrs
-from tinytrain.ir.tensor import Quantization, Tensor, TensorKind
+from tinytrain.ir.tensor import Tensor, TensorKind
 from tinytrain.ir.verify import verify
 from tinytrain.passes.split import prefix_graph
 from tinytrain.passes.token_drop import TokenDrop, block_tokens, drop_tokens, kept_count
@@ -57,17 +57,6 @@ def _inputs(graph: Graph, n: int, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------- the kernel
 
 
-def _select_op(
-    t: int, d: int, heads: int, k: int, p_zp: int = -128
-) -> tuple[Op, tuple[Tensor, ...], tuple[Tensor, ...]]:
-    xq = Quantization.per_tensor(0.05, 3)
-    x = Tensor("x", (1, t, d), DType.INT8, TensorKind.ACTIVATION, xq)
-    p = Tensor("p", (1, heads, t, t), DType.INT8, TensorKind.ACTIVATION, Quantization.per_tensor(1 / 256, p_zp))
-    y = Tensor("y", (1, 1 + k, d), DType.INT8, TensorKind.ACTIVATION, xq)
-    idx = Tensor("idx", (1, k), DType.UINT8, TensorKind.ACTIVATION)
-    return Op(OpKind.TOKEN_SELECT, ("x", "p"), ("y", "idx"), TokenSelectAttrs(k)), (x, p), (y, idx)
-
-
 def _reference(x: np.ndarray, p: np.ndarray, zp: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Plain Python: per sample, the score of token j is Σ_h (p[h, 0, j] − zp); the k best of
     1..T−1 by (score descending, index ascending), kept in index order after token 0."""
@@ -85,7 +74,7 @@ def _reference(x: np.ndarray, p: np.ndarray, zp: int, k: int) -> tuple[np.ndarra
 def test_token_select_kernel_matches_reference(t: int, heads: int, k: int, levels: int) -> None:
     """Few distinct probability codes (``levels``) force ties: they go to the lower index."""
     rng = np.random.default_rng(t * 7 + k)
-    op, ins, outs = _select_op(t, 8, heads, k)
+    op, ins, outs = token_select_op(t, 8, heads, k)
     spec = KERNELS[OpKind.TOKEN_SELECT]
     params = spec.prepare(op, ins, outs)
     n = 3
@@ -101,7 +90,7 @@ def test_token_select_kernel_matches_reference(t: int, heads: int, k: int, level
 
 
 def test_token_select_prepare_refuses_bad_shapes() -> None:
-    op, ins, outs = _select_op(9, 8, 2, 4)
+    op, ins, outs = token_select_op(9, 8, 2, 4)
     spec = KERNELS[OpKind.TOKEN_SELECT]
     for bad in (
         (op, ins, (outs[0], Tensor("idx", (1, 3), DType.UINT8, TensorKind.ACTIVATION))),
@@ -112,7 +101,7 @@ def test_token_select_prepare_refuses_bad_shapes() -> None:
         with pytest.raises(Exception, match="TOKEN_SELECT"):
             spec.prepare(*bad)
     with pytest.raises(Exception, match="at most 256"):
-        spec.prepare(*_select_op(257, 2, 1, 4))
+        spec.prepare(*token_select_op(257, 2, 1, 4))
 
 
 def test_backward_scatters_into_the_kept_rows() -> None:
@@ -120,7 +109,7 @@ def test_backward_scatters_into_the_kept_rows() -> None:
     the indices (output 1) are saved whole by the forward."""
     rng = np.random.default_rng(5)
     t, k = 9, 3
-    op, ins, outs = _select_op(t, 8, 2, k)
+    op, ins, outs = token_select_op(t, 8, 2, k)
     assert GRAD_RULES[OpKind.TOKEN_SELECT].grad_inputs == (0,)
     with pytest.raises(UsageError, match="no gradient"):
         prepare_backward(op, ins, outs, BackwardRequest(input_grads=frozenset({0, 1})))

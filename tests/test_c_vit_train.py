@@ -23,13 +23,11 @@ import pytest
 from codegen.backends import RunSpec, build_device, qemu_transport, run_backend, run_generated
 from codegen.lower import lower
 from tests.helpers_runs import assert_same_run
-from tests.helpers_vit import write_tiny_vit
+from tests.helpers_vit import token_select_op, write_tiny_vit
 from tinytrain.datasets import fashion_mnist
 from tinytrain.errors import UsageError
-from tinytrain.ir.dtypes import DType
 from tinytrain.ir.graph import Graph
-from tinytrain.ir.ops import NoAttrs, Op, OpKind, TokenSelectAttrs
-from tinytrain.ir.tensor import Quantization, Tensor, TensorKind
+from tinytrain.ir.ops import NoAttrs, OpKind
 from tinytrain.sim.kernels.token_select import prepare_token_select, run_token_select
 from tinytrain.testing import c_vit as cv
 from tinytrain.testing.cbuild import RUNTIME_SRC, build_shared
@@ -140,15 +138,6 @@ def lib(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     return cv.declare_vit(ctypes.CDLL(str(build_shared(srcs, out, name="ttvittrain"))))
 
 
-def _token_select(t: int, d: int, heads: int, k: int, p_zp: int) -> tuple[Op, tuple[Tensor, ...], tuple[Tensor, ...]]:
-    xq = Quantization.per_tensor(0.05, 3)
-    x = Tensor("x", (1, t, d), DType.INT8, TensorKind.ACTIVATION, xq)
-    p = Tensor("p", (1, heads, t, t), DType.INT8, TensorKind.ACTIVATION, Quantization.per_tensor(1 / 256, p_zp))
-    y = Tensor("y", (1, 1 + k, d), DType.INT8, TensorKind.ACTIVATION, xq)
-    idx = Tensor("idx", (1, k), DType.UINT8, TensorKind.ACTIVATION)
-    return Op(OpKind.TOKEN_SELECT, ("x", "p"), ("y", "idx"), TokenSelectAttrs(k)), (x, p), (y, idx)
-
-
 @pytest.mark.parametrize(
     ("t", "heads", "k", "p_zp", "levels"), [(17, 4, 8, -128, 256), (9, 2, 1, -128, 3), (65, 1, 64, 5, 2)]
 )
@@ -157,7 +146,7 @@ def test_token_select_kernels_match_numpy(lib: ctypes.CDLL, t: int, heads: int, 
     copied rows; the backward scatters into the kept rows and zeroes the others."""
     rng = np.random.default_rng(t * 100 + k)
     d = 6
-    op, ins, outs = _token_select(t, d, heads, k, p_zp)
+    op, ins, outs = token_select_op(t, d, heads, k, p_zp)
     x = rng.integers(-128, 128, (1, t, d), dtype=np.int8)
     p = (rng.integers(0, levels, (1, heads, t, t)) + max(p_zp, -128)).clip(-128, 127).astype(np.int8)
     y, idx = run_token_select(prepare_token_select(op, ins, outs), [x, p])
