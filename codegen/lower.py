@@ -34,7 +34,7 @@ from tinytrain.ir.ops import OpKind
 from tinytrain.passes.fuse_blocks import FusedBlock
 from tinytrain.sim.kernels.fused_block import prepare_fused_block
 from tinytrain.testing.c_hard_swish import hard_swish_c_params
-from tinytrain.train import dgsu
+from tinytrain.train import alast, dgsu
 from tinytrain.train.build import BackwardStep, TrainingProgram
 from tinytrain.train.compile import Compiled
 from tinytrain.train.data import preprocess_for_graph
@@ -716,7 +716,8 @@ def _dgsu_update(b: _Builder, st: BackwardStep, gy: ArenaPtr, ey: ArenaValue) ->
             (up, Local("&step"), bgrad, ey, b.arena(f"train:{op.inputs[2]}", "int32_t")),
             "backward",
         )
-    if d.candidate >= 0:
+    ls = b.c.program.scheme.layer_select
+    if d.candidate >= 0 and ls is not None and ls.cls is None:  # DGSU's signal (ALaST's: the forward)
         b.call(
             "tt_select_layer_signal",
             f"layer-selection signal of {desc}",
@@ -732,11 +733,49 @@ def _dgsu_update(b: _Builder, st: BackwardStep, gy: ArenaPtr, ey: ArenaValue) ->
     _record_trained(b, st)
 
 
+def _cls_rows(b: _Builder) -> dict[str, int]:
+    """ALaST: the residual-stream tensors whose class-token row the forward copies, by row."""
+    ls = b.c.program.scheme.layer_select
+    if ls is None or ls.cls is None:
+        return {}
+    return {name: r for r, name in enumerate(ls.cls.tensors)}
+
+
+def _copy_cls_row(b: _Builder, tensor: str, row: int) -> None:
+    """Copies token 0 of ``tensor`` into row ``row`` of ALaST's class-token buffer."""
+    ls = b.c.program.scheme.layer_select
+    assert ls is not None and ls.cls is not None
+    dim = ls.cls.dim
+    dst = b.arena(alast.CLS_BUFFER, "int8_t", row * dim)
+    b.call("tt_copy_s8", f"ALaST: class token of {tensor}", (b.act(tensor), Lit(dim), dst), "forward")
+
+
+def _cls_scores(b: _Builder) -> None:
+    """ALaST: this step's class-token change of every candidate block, the layer scores."""
+    ls = b.c.program.scheme.layer_select
+    assert ls is not None and ls.cls is not None
+    cs = ls.cls
+    args = (
+        b.arena(alast.CLS_BUFFER, "int8_t"),
+        Lit(len(cs.tensors)),
+        Lit(cs.dim),
+        b.array("alast_zp", np.asarray(cs.zero_points, np.int32)),
+        b.array("alast_mult", np.asarray(cs.mults, np.int32)),
+        b.array("alast_src", np.asarray(cs.src, np.uint16)),
+        b.array("alast_dst", np.asarray(cs.dst, np.uint16)),
+        Lit(len(cs.blocks)),
+        b.arena(dgsu.LAYER_SCORE, "int64_t"),
+    )
+    b.call("tt_select_cls_change", f"ALaST: class-token change of blocks {list(cs.blocks)}", args, "backward")
+
+
 def _select_layers(b: _Builder) -> None:
     """DGSU layer selection at the start of the backward pass (the executor's ``_select_layers``)."""
     ls = b.c.program.scheme.layer_select
     if ls is None:
         return
+    if ls.cls is not None:
+        _cls_scores(b)
     n = len(ls.candidates)
     args = (
         b.arena(dgsu.LAYER_SCORE, "int64_t"),
@@ -1032,11 +1071,15 @@ def lower(compiled: Compiled, sample_shape: Sequence[int]) -> Lowered:
             (pre_sym, sample_arg, b.arena(f"act:{inp}", "int8_t")),
             "forward",
         )
+    cls_rows = _cls_rows(b)
     for k, u in enumerate(units):
         if isinstance(u, FusedBlock):
             _fused_block(b, u, sample_arg if streamed and k == 0 else None)
         else:
             _forward_op(b, u)
+            for name in g.ops[u].outputs:
+                if name in cls_rows:
+                    _copy_cls_row(b, name, cls_rows[name])
     ce = cb.softmax_ce_struct(prog.loss)
     ce_sym = b.struct("loss", "tt_softmax_ce_params", ctypes_init(ce.struct, {}), "softmax cross-entropy")
     gl, el, _ = b.grad(prog.logits)

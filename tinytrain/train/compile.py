@@ -164,6 +164,8 @@ def scheme_file_data(scheme: ResolvedScheme) -> dict[str, Any]:
     if scheme.layer_select is not None:  # DGSU layer selection (scheme.py, LayerSelect)
         out["layer_budget"] = scheme.layer_select.budget
         out["layer_explore"] = scheme.layer_select.explore
+        if scheme.layer_select.cls is not None:  # ALaST: the candidates are blocks (alast.py)
+            out["alast_blocks"] = list(scheme.layer_select.candidates)
     sign = [p.layer.index for p in scheme.layers if p.sign_act]
     if sign:  # MobileTL's sign rule from this layer on (scheme.py, LayerPlan.sign_act)
         out["sign_from"] = min(sign)

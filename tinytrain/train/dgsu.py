@@ -5,7 +5,8 @@ shapes and initial values, shared by the simulator, the memory plan and the C ge
   last updated (only when the layer picks fewer than all of its rows);
 * ``dgsu_layer_score`` int64 [N], ``dgsu_layer_ema`` int32 [N], ``dgsu_layer_age``
   uint16 [N]: the layer selection's signal, its running mean and the candidates' ages
-  (only with layer selection).
+  (only with layer selection; ALaST, whose signal comes from the forward pass, has no
+  running mean).
 
 They are training state: trained tensors for the tensor table, checkpoints and
 ``--save-weights``, so that a resumed run equals an uninterrupted one.
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from tinytrain.ir.ops import OpKind
+from tinytrain.train.alast import CLS_BUFFER
 from tinytrain.train.kernels.select import EMA_UNSET
 from tinytrain.train.planner import BufferKind, BufferRequest
 from tinytrain.train.scheme import LayerPlan, ResolvedScheme
@@ -58,11 +60,10 @@ def state_tensors(scheme: ResolvedScheme) -> tuple[StateTensor, ...]:
     ls = scheme.layer_select
     if ls is not None:
         n = len(ls.candidates)
-        out += [
-            StateTensor(LAYER_SCORE, np.zeros(n, np.int64)),
-            StateTensor(LAYER_EMA, np.full(n, EMA_UNSET, np.int32)),
-            StateTensor(LAYER_AGE, np.zeros(n, np.uint16)),
-        ]
+        out.append(StateTensor(LAYER_SCORE, np.zeros(n, np.int64)))
+        if ls.cls is None:  # ALaST's signal comes from the forward pass: no running mean
+            out.append(StateTensor(LAYER_EMA, np.full(n, EMA_UNSET, np.int32)))
+        out.append(StateTensor(LAYER_AGE, np.zeros(n, np.uint16)))
     return tuple(out)
 
 
@@ -103,6 +104,8 @@ def dgsu_state_requests(scheme: ResolvedScheme, loss_step: int, last_step: int) 
         out.append(
             BufferRequest(LAYERS_BUFFER, layers_layout(n) + 2 * ls.budget, loss_step, last_step, BufferKind.SCRATCH)
         )
+        if ls.cls is not None:  # ALaST: the class-token rows, written during the forward pass
+            out.append(BufferRequest(CLS_BUFFER, ls.cls.buffer_bytes, 0, 0, BufferKind.STATE))
     return out
 
 

@@ -273,7 +273,7 @@ class Executor:
         if self.observer is not None:
             self.observer("grad", -1, program.logits, g_logits)
         c = np.int64(c_t)
-        self._select_layers()
+        self._select_layers(values)
         for bstep in program.backward:
             op = bstep.head.op
             g_out = grads.pop(op.outputs[0], None)
@@ -367,12 +367,25 @@ class Executor:
         self._prepare(j)
         self._observe_update(j)
 
-    def _select_layers(self) -> None:
+    def _cls_rows(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        """ALaST: the class-token row of each residual-stream tensor of the signal."""
+        ls = self.program.scheme.layer_select
+        assert ls is not None and ls.cls is not None
+        rows = []
+        for name in ls.cls.tensors:
+            if name not in values:
+                raise UsageError(f"alast: the residual-stream tensor {name!r} is not computed by the live program")
+            rows.append(np.asarray(values[name]).reshape(-1, ls.cls.dim)[0])
+        return np.stack(rows).astype(np.int8)
+
+    def _select_layers(self, values: Mapping[str, np.ndarray]) -> None:
         """DGSU layer selection at the start of the backward pass, from the previous steps'
-        signals (tinytrain/train/kernels/select.py)."""
+        signals (tinytrain/train/kernels/select.py), or ALaST's from this step's forward."""
         ls = self.program.scheme.layer_select
         if ls is None:
             return
+        if ls.cls is not None:  # ALaST: this step's class-token change (tinytrain/train/alast.py)
+            self.dgsu_state[LAYER_SCORE] = ls.cls.scores(self._cls_rows(values))
         score, age = self.dgsu_state[LAYER_SCORE], self.dgsu_state[LAYER_AGE]
         sel, chosen, new_age = select_rows(score, age, ls.budget, ls.explore, magnitude=False)
         assert new_age is not None
@@ -405,7 +418,8 @@ class Executor:
                 update, self.weights[j], res.weight_grad, res.param_exponent, sel, lr, c_t, self.prng
             )
         self.biases[j] = update_bias(update, self.biases[j], bg, res.param_exponent, lr, c_t)
-        if d.candidate >= 0:
+        ls = self.program.scheme.layer_select
+        if d.candidate >= 0 and ls is not None and ls.cls is None:  # DGSU's signal (ALaST's: the forward)
             score, ema = layer_signal(bg, res.param_exponent, int(self.dgsu_state[LAYER_EMA][d.candidate]))
             self.dgsu_state[LAYER_SCORE][d.candidate] = score
             self.dgsu_state[LAYER_EMA][d.candidate] = ema

@@ -25,7 +25,8 @@ or from a preset name with optional parameters: ``last-layer``, ``bias-only``,
 Transformers: tinytrain/train/vit_blocks.py), ``bsr:blocks=B1+B2,drop_at=D1+D2[,keep=R]``
 (Block Selective Reprogramming: those blocks train and tokens are dropped after the frozen
 blocks D1, D2, …; the graph is rewritten by :func:`scheme_graph`, tinytrain/passes/token_drop.py;
-file form: a top-level ``token_drop: {drop_at: [1], keep: 0.5}``).
+file form: a top-level ``token_drop: {drop_at: [1], keep: 0.5}``), ``alast[:…]`` (ALaST's
+per-step layer budgets: tinytrain/train/scheme_alast.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from tinytrain.train.layers import Layer, linear_layers, resolve_layer
 
 if TYPE_CHECKING:
     from tinytrain.passes.token_drop import TokenDrop
+    from tinytrain.train.alast import ClsSignal
 
 
 class Update(enum.Enum):
@@ -80,6 +82,10 @@ class Scheme:
     # BSR: tokens dropped after these frozen blocks (tinytrain/passes/token_drop.py); the graph
     # must be rewritten by scheme_graph() before the scheme is resolved against it.
     token_drop: TokenDrop | None = None
+    # ALaST (tinytrain/train/alast.py): the layer selection picks among these transformer
+    # blocks (model numbers) by their class-token change; every dynamic layer belongs to one.
+    # File form: a top-level ``alast_blocks: [2, 3]``.
+    alast_blocks: tuple[int, ...] = ()
 
 
 MAX_DYNAMIC_ROWS = 65535  # row indices are uint16 on the device
@@ -101,11 +107,14 @@ class DynamicRows:
 @dataclass(frozen=True)
 class LayerSelect:
     """DGSU layer selection: ``budget`` of the ``candidates`` (linear layer indices, in
-    order) update their weights per step, ``explore`` of them by age."""
+    order) update their weights per step, ``explore`` of them by age, the others by their
+    bias-gradient signal. ALaST (``cls`` set): the candidates are transformer blocks (model
+    numbers) scored by their class-token change in the same step's forward pass."""
 
     budget: int
     explore: int
     candidates: tuple[int, ...]
+    cls: ClsSignal | None = None
 
 
 @dataclass(frozen=True)
@@ -248,7 +257,9 @@ def _opt_int(data: Mapping[Any, Any], key: str, low: int) -> int | None:
 def scheme_from_mapping(data: object, name: str = "scheme") -> Scheme:
     if not isinstance(data, Mapping):
         raise UsageError("a scheme file must hold a mapping with a 'layers' list")
-    unknown = set(data) - {"name", "default", "layers", "sign_from", "layer_budget", "layer_explore", "token_drop"}
+    unknown = set(data) - {
+        "name", "default", "layers", "sign_from", "layer_budget", "layer_explore", "token_drop", "alast_blocks"
+    }
     if unknown:
         raise UsageError(f"scheme: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     entries = data.get("layers", [])
@@ -272,7 +283,17 @@ def scheme_from_mapping(data: object, name: str = "scheme") -> Scheme:
         layer_explore=l_explore,
         sign_from=sign_from,
         token_drop=_token_drop_entry(data.get("token_drop")),
+        alast_blocks=_alast_blocks_entry(data.get("alast_blocks")),
     )
+
+
+def _alast_blocks_entry(entry: object) -> tuple[int, ...]:
+    """A scheme file's ``alast_blocks: [b, …]`` (model block numbers; absent: none)."""
+    if entry is None:
+        return ()
+    if not isinstance(entry, list) or not entry or not all(isinstance(b, int) and not isinstance(b, bool) for b in entry):
+        raise UsageError(f"scheme: 'alast_blocks' must be a non-empty list of block numbers, got {entry!r}")
+    return tuple(entry)
 
 
 def token_drop_data(drop: TokenDrop) -> dict[str, Any]:
@@ -387,9 +408,14 @@ def preset(spec: str, graph: Graph) -> Scheme:
         return _vit(spec, name, arg, graph)
     if name == "bsr":
         return _bsr(spec, arg, graph)
+    if name == "alast":
+        from tinytrain.train.scheme_alast import alast_preset
+
+        return alast_preset(spec, arg, graph)
     raise UsageError(
         f"unknown scheme {spec!r} (presets: last-layer, bias-only, last-k:K, tte, full, mobiletl:blocks=K, "
-        "dgsu:ratio=R, dgsu-layers, vit-last:K, vit-blocks:B1+B2, bsr:blocks=B1+B2,drop_at=D1,keep=R; or a file)"
+        "dgsu:ratio=R, dgsu-layers, vit-last:K, vit-blocks:B1+B2, bsr:blocks=B1+B2,drop_at=D1,keep=R, "
+        "alast[:blocks=B1+B2,train_layers=M]; or a file)"
     )
 
 
@@ -631,7 +657,7 @@ def resolve(scheme: Scheme, graph: Graph) -> ResolvedScheme:
             _check_weight_input(graph, layer, scheme.name)
         sign = sign_from is not None and layer.index >= sign_from
         plans.append(LayerPlan(layer, update, channels, dynamic=dynamic, sign_act=sign))
-    return _with_layer_select(scheme, _with_tokens(scheme, graph, ResolvedScheme(scheme.name, tuple(plans))))
+    return _with_layer_select(scheme, graph, _with_tokens(scheme, graph, ResolvedScheme(scheme.name, tuple(plans))))
 
 
 def _with_tokens(scheme: Scheme, graph: Graph, rs: ResolvedScheme) -> ResolvedScheme:
@@ -693,9 +719,13 @@ def default_explore(k: int, n: int) -> int:
     return 0 if k >= n else -(-k // 4)
 
 
-def _with_layer_select(scheme: Scheme, rs: ResolvedScheme) -> ResolvedScheme:
+def _with_layer_select(scheme: Scheme, graph: Graph, rs: ResolvedScheme) -> ResolvedScheme:
     if scheme.layer_budget is None:
+        if scheme.alast_blocks:
+            raise UsageError(f"scheme {scheme.name!r}: 'alast_blocks' needs 'layer_budget' (blocks trained per step)")
         return rs
+    if scheme.alast_blocks:
+        return _with_alast_select(scheme, graph, rs)
     cands = [p for p in rs.layers if p.dynamic is not None]
     n = len(cands)
     m = scheme.layer_budget
@@ -713,6 +743,39 @@ def _with_layer_select(scheme: Scheme, rs: ResolvedScheme) -> ResolvedScheme:
     )
     select = LayerSelect(m, explore, tuple(p.layer.index for p in cands))
     return replace(rs, layers=layers, layer_select=select)
+
+
+def _with_alast_select(scheme: Scheme, graph: Graph, rs: ResolvedScheme) -> ResolvedScheme:
+    """ALaST: the candidates are blocks; each dynamic layer takes its block's position."""
+    from tinytrain.train.alast import cls_signal
+    from tinytrain.train.vit_blocks import vit_blocks
+
+    vb = vit_blocks(graph)
+    blocks = tuple(sorted({vb.resolve(b) for b in scheme.alast_blocks}))
+    if len(blocks) != len(scheme.alast_blocks):
+        raise UsageError(f"scheme {scheme.name!r}: 'alast_blocks' lists a block twice")
+    m = scheme.layer_budget
+    assert m is not None
+    if not 1 <= m <= len(blocks):
+        raise UsageError(f"scheme {scheme.name!r}: layer_budget {m} must be in 1..{len(blocks)} (the candidate blocks)")
+    explore = scheme.layer_explore if scheme.layer_explore is not None else 0
+    if explore > m:
+        raise UsageError(f"scheme {scheme.name!r}: layer_explore {explore} is more than layer_budget {m}")
+    pos = {b: j for j, b in enumerate(blocks)}
+    layers = []
+    for p in rs.layers:
+        if p.dynamic is not None:
+            b = vb.op_block[p.layer.op_index]
+            if b not in pos:
+                raise UsageError(
+                    f"scheme {scheme.name!r}: dynamic layer {p.layer.name} is in no candidate block {list(blocks)}"
+                )
+            p = replace(p, dynamic=replace(p.dynamic, candidate=pos[b]))
+        layers.append(p)
+    if not any(p.dynamic is not None for p in layers):
+        raise UsageError(f"scheme {scheme.name!r}: the ALaST blocks have no dynamic layer")
+    select = LayerSelect(m, explore, blocks, cls=cls_signal(graph, blocks))
+    return replace(rs, layers=tuple(layers), layer_select=select)
 
 
 def _check_weight_input(graph: Graph, layer: Layer, scheme_name: str) -> None:

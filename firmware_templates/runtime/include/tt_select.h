@@ -39,4 +39,10 @@ int32_t tt_select_log2_q8(uint64_t total, int32_t e);
 /* numpy: select.layer_signal. bias_grad[n] int64 with exponent e; updates *ema, writes *score. */
 tt_status tt_select_layer_signal(const int64_t *bias_grad, int32_t n, int32_t e, int32_t *ema, int64_t *score);
 
+/* ALaST's signal (numpy: cls_change.cls_change): rows int8[n_rows][dim] holds class-token rows;
+ * score[j] = sum_d |(rows[dst[j]][d] - zp[dst[j]]) * mult[dst[j]] - (rows[src[j]][d] - zp[src[j]]) * mult[src[j]]|
+ * for j < n, in int64. TT_ERR_ARG for a NULL pointer, a negative size or a row index >= n_rows. */
+tt_status tt_select_cls_change(const int8_t *rows, int32_t n_rows, int32_t dim, const int32_t *zp, const int32_t *mult,
+                               const uint16_t *src, const uint16_t *dst, int32_t n, int64_t *score);
+
 #endif /* TT_SELECT_H */

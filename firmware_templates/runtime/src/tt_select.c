@@ -126,3 +126,29 @@ tt_status tt_select_layer_signal(const int64_t *bias_grad, int32_t n, int32_t e,
     *ema = *ema + tt_asr32(d, 3);
     return TT_OK;
 }
+
+tt_status tt_select_cls_change(const int8_t *rows, int32_t n_rows, int32_t dim, const int32_t *zp, const int32_t *mult,
+                               const uint16_t *src, const uint16_t *dst, int32_t n, int64_t *score) {
+    int32_t j;
+    int32_t d;
+    if (rows == NULL || zp == NULL || mult == NULL || src == NULL || dst == NULL || score == NULL || n_rows < 0 ||
+        dim < 0 || n < 0) {
+        return TT_ERR_ARG;
+    }
+    for (j = 0; j < n; ++j) {
+        if ((int32_t)src[j] >= n_rows || (int32_t)dst[j] >= n_rows) {
+            return TT_ERR_ARG;
+        }
+    }
+    for (j = 0; j < n; ++j) {
+        const int8_t *a = rows + (int32_t)src[j] * dim;
+        const int8_t *b = rows + (int32_t)dst[j] * dim;
+        int64_t total = 0;
+        for (d = 0; d < dim; ++d) {
+            int64_t x = ((int64_t)b[d] - zp[dst[j]]) * mult[dst[j]] - ((int64_t)a[d] - zp[src[j]]) * mult[src[j]];
+            total += x < 0 ? -x : x;
+        }
+        score[j] = total;
+    }
+    return TT_OK;
+}
