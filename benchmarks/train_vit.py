@@ -10,9 +10,13 @@ every parameter of the dequantized network in TensorFlow (``tinytrain.train.floa
 Rows: float32 full fine-tuning, ``last-layer``, ``vit-last:K`` (a fixed last-k-blocks
 baseline), ``vit-blocks:2+3`` (the blocks BSR trains, without token dropping) and
 ``bsr:blocks=2+3,drop_at=0+1,keep=0.5`` (tokens dropped by the class-token attention of the
-frozen blocks 0 and 1: blocks 1, 2, 3 run on 33, 17, 17 tokens). Extra columns: the tokens the
-transformer blocks process per training step, and the target ratios of BSR against the same
-blocks without dropping (peak SRAM, training MACs, accuracy).
+frozen blocks 0 and 1: blocks 1, 2, 3 run on 33, 17, 17 tokens) and two other BSR
+configurations that meet the SRAM and MAC ratios, ``alast:blocks=1+2+3,train_layers=2,drop_at=0,keep=0.5``
+(ALaST: 2 of the blocks 1–3 train per step, chosen by their class-token change; blocks 1–3 on
+33 tokens). Extra columns: the tokens the transformer blocks process per training step, the
+target ratios of each BSR row against the same blocks without dropping (peak SRAM, training
+MACs, accuracy) and ALaST's instructions against training every block (``vit-blocks:0+1+2+3``,
+471 KB: profiled with 1 MB of RAM, which only the emulator has).
 
     python benchmarks/train_vit.py                      # every row (resumable: --resume)
     python benchmarks/train_vit.py --collect [--instructions]   # the table of the finished rows
@@ -36,10 +40,14 @@ import train_fmnist  # noqa: E402  (the protocol, rows and table of the CNN benc
 RESULTS = ROOT / "results"
 KB = 1024
 BSR = "bsr:blocks=2+3,drop_at=0+1,keep=0.5"
+BSR_VARIANTS = ("bsr:blocks=2+3,drop_at=1,keep=0.25", "bsr:blocks=2+3,drop_at=0+1,keep=0.6")
 SAME_BLOCKS = "vit-blocks:2+3"  # what BSR trains, without token dropping
+ALAST = "alast:blocks=1+2+3,train_layers=2,drop_at=0,keep=0.5"
+ALL_BLOCKS = "vit-blocks:0+1+2+3"  # ALaST's reference: every block trains (471 KB: emulator only)
+ALL_BLOCKS_SRAM = 1024 * KB
 DEFAULTS = [
     "--models", "vit",
-    "--schemes", f"last-layer,vit-last:1,vit-last:2,{SAME_BLOCKS},{BSR}",
+    "--schemes", f"last-layer,{SAME_BLOCKS},{BSR},{','.join(BSR_VARIANTS)},{ALAST}",
     "--schedule", "cosine",
     "--lr", "0.003",
     "--lr-for", "last-layer=0.01",
@@ -63,20 +71,49 @@ def tokens_per_step(scheme: str) -> int:
     return sum(block_tokens(c.graph).values())
 
 
-def targets(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Issue 7's BSR target figures from the finished rows (best learning rate of each)."""
+def targets(rows: list[dict[str, Any]], instructions: bool) -> dict[str, Any]:
+    """Issue 7's target figures from the finished rows (best learning rate of each): every BSR
+    row against the same blocks without dropping; ALaST against training every block (its
+    instructions profiled here with :data:`ALL_BLOCKS_SRAM`, when ``instructions``; its
+    accuracy: the float32 full fine-tuning, the only all-blocks row that fits the protocol's
+    time) and against the fixed blocks 2+3."""
     best = {r["scheme"]: r for r in train_fmnist.best_per_scheme(rows)}
     out: dict[str, Any] = {}
-    if BSR in best and SAME_BLOCKS in best:
-        b, s = best[BSR], best[SAME_BLOCKS]
-        out["bsr_vs_same_blocks"] = {
-            "bsr": BSR,
+    bsr = []
+    for name, b in best.items():
+        if not name.startswith("bsr:") or SAME_BLOCKS not in best:
+            continue
+        s = best[SAME_BLOCKS]
+        bsr.append({
+            "bsr": name,
             "same_blocks": SAME_BLOCKS,
             "sram_ratio": s["peak_sram_bytes"] / b["peak_sram_bytes"],
             "training_macs_ratio": (s["macs_forward"] + s["macs_backward"]) / (b["macs_forward"] + b["macs_backward"]),
             "accuracy_delta_points": 100 * (b["test_accuracy"] - s["test_accuracy"]),
             "targets": ">= 1.4x lower peak SRAM, >= 2x fewer training MACs, <= 1 point accuracy loss",
+        })  # fmt: skip
+    if bsr:
+        out["bsr_vs_same_blocks"] = bsr
+    if ALAST in best:
+        a = best[ALAST]
+        floats = [r for r in rows if r["kind"] == "float32"]
+        entry: dict[str, Any] = {
+            "alast": ALAST,
+            "all_blocks": ALL_BLOCKS,
+            "targets": ">= 1.5x fewer instructions per training step than training all blocks, <= 1 point loss",
         }
+        if floats:
+            f = max(floats, key=lambda r: r["test_accuracy"])
+            entry["accuracy_delta_vs_float_full_points"] = 100 * (a["test_accuracy"] - f["test_accuracy"])
+        if SAME_BLOCKS in best:
+            entry["accuracy_delta_vs_same_blocks_points"] = 100 * (a["test_accuracy"] - best[SAME_BLOCKS]["test_accuracy"])
+        model = train_fmnist.model_path("vit")
+        if instructions and model is not None and a.get("instructions_per_step_m7"):
+            ref = train_fmnist.instructions_columns(model, ALL_BLOCKS, ALL_BLOCKS_SRAM)
+            if ref.get("instructions_per_step_m7"):
+                entry["all_blocks_instructions_per_step_m7"] = ref["instructions_per_step_m7"]
+                entry["instructions_ratio"] = ref["instructions_per_step_m7"] / a["instructions_per_step_m7"]
+        out["alast_vs_all_blocks"] = entry
     return out
 
 
@@ -100,14 +137,31 @@ def render(payload: dict[str, Any]) -> str:
                 f"| {r.get('tokens_per_step', '–')} "
                 f"| {train_fmnist.instructions(r)} | {r['wall_seconds']} s |"
             )
-    t = payload.get("targets", {}).get("bsr_vs_same_blocks")
-    if t:
+    for t in payload.get("targets", {}).get("bsr_vs_same_blocks", []):
         lines += [
             "",
             f"BSR (`{t['bsr']}`) against the same blocks without dropping (`{t['same_blocks']}`): "
             f"{t['sram_ratio']:.2f}x lower peak SRAM, {t['training_macs_ratio']:.2f}x fewer training MACs, "
             f"{t['accuracy_delta_points']:+.2f} points of accuracy (targets: {t['targets']}).",
         ]
+    a = payload.get("targets", {}).get("alast_vs_all_blocks")
+    if a:
+        ratio = a.get("instructions_ratio")
+        inst = (
+            f"{ratio:.2f}x fewer M7 instructions per step than `{a['all_blocks']}` "
+            f"({a['all_blocks_instructions_per_step_m7'] / 1e6:.1f} M, linked with 1 MB of RAM for the emulator)"
+            if ratio
+            else "instructions of training every block not profiled (--instructions)"
+        )
+        deltas = ", ".join(
+            f"{a[k]:+.2f} points {what}"
+            for k, what in (
+                ("accuracy_delta_vs_float_full_points", "against float32 full fine-tuning"),
+                ("accuracy_delta_vs_same_blocks_points", f"against `{SAME_BLOCKS}`"),
+            )
+            if k in a
+        )
+        lines += ["", f"ALaST (`{a['alast']}`): {inst}; {deltas} (targets: {a['targets']})."]
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in block["rows"]:
             if r["kind"] != "float32" and "tokens_per_step" not in r:
                 r["tokens_per_step"] = tokens_per_step(r["scheme"])
-        payload["targets"] = targets(block["rows"])
+        payload["targets"] = targets(block["rows"], "--instructions" in args)
     payload["benchmark"] = "train_vit"
     out.write_text(json.dumps(payload, indent=2) + "\n")
     out.with_suffix(".md").write_text(render(payload))

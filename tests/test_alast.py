@@ -32,7 +32,7 @@ from tinytrain.train.scheme import resolve, scheme_from_mapping
 from tinytrain.train.vit_blocks import vit_blocks
 
 KB = 1024
-SCHEME = "alast:blocks=1+2+3,train_layers=2,drop_at=0,keep=0.5"  # the benchmark's configuration
+SCHEME = "alast:blocks=1+2+3,train_layers=2,drop_at=0,keep=0.5"  # the default, spelled out
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,14 @@ def _compile(graph: Graph, scheme: str, sram: int = 256 * KB) -> Compiled:
 
 
 def test_preset_defaults_and_budget(graph: Graph) -> None:
-    ls = _compile(graph, "alast").scheme.layer_select
+    default = _compile(graph, "alast").scheme
+    assert default.layers == _compile(graph, SCHEME).scheme.layers and default.token_drop is not None
+    assert default.token_drop.drop_at == (0,) and default.token_drop.keep == 0.5
+    ls = default.layer_select
     assert ls is not None and ls.cls is not None
-    assert ls.candidates == (2, 3) and ls.budget == 1 and ls.explore == 0
-    assert ls.cls.src == (0, 1) and ls.cls.dst == (1, 2) and len(ls.cls.tensors) == 3
+    assert ls.candidates == (1, 2, 3) and ls.budget == 2 and ls.explore == 0
+    assert ls.cls.src == (0, 1, 2) and ls.cls.dst == (1, 2, 3) and len(ls.cls.tensors) == 4
+    assert _compile(graph, "alast:blocks=2+3,drop_at=none", sram=1024 * KB).scheme.token_drop is None
     c = _compile(graph, "alast:blocks=0+1+2+3,budget=0.5,explore=1", sram=1024 * KB)
     ls = c.scheme.layer_select
     assert ls is not None and ls.candidates == (0, 1, 2, 3) and ls.budget == 2 and ls.explore == 1
@@ -76,7 +80,7 @@ def test_scheme_file_round_trip(graph: Graph) -> None:
         ("alast:blocks=1+2,train_layers=3", r"train_layers=3 must be in 1\.\.2"),
         ("alast:train_layers=1,budget=0.5", "not both"),
         ("alast:blocks=2+3,drop_at=2", r"drop_at block\(s\) \[2\] are not before the first candidate block 2"),
-        ("alast:keep=0.5", "keep needs drop_at"),
+        ("alast:blocks=0+1,keep=0.5", "keep needs a block to drop tokens after"),
         ("alast:blocks=2+3,explore=2", r"explore=2 must be in 0\.\.1"),
         ("alast:blocks=7", "block 7 does not exist"),
         ("alast:budget=1.5", r"must be in \(0, 1\]"),
