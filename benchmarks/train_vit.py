@@ -106,7 +106,8 @@ def targets(rows: list[dict[str, Any]], instructions: bool) -> dict[str, Any]:
             f = max(floats, key=lambda r: r["test_accuracy"])
             entry["accuracy_delta_vs_float_full_points"] = 100 * (a["test_accuracy"] - f["test_accuracy"])
         if SAME_BLOCKS in best:
-            entry["accuracy_delta_vs_same_blocks_points"] = 100 * (a["test_accuracy"] - best[SAME_BLOCKS]["test_accuracy"])
+            same = best[SAME_BLOCKS]["test_accuracy"]
+            entry["accuracy_delta_vs_same_blocks_points"] = 100 * (a["test_accuracy"] - same)
         model = train_fmnist.model_path("vit")
         if instructions and model is not None and a.get("instructions_per_step_m7"):
             ref = train_fmnist.instructions_columns(model, ALL_BLOCKS, ALL_BLOCKS_SRAM)

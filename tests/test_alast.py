@@ -167,7 +167,8 @@ def test_blocks_chosen_by_class_token_change(graph: Graph) -> None:
         sel = sorted(int(j) for j in picks[-1])
         if change[order[1]] > 1.01 * change[order[2]]:  # no near-tie at the budget's edge
             assert sel == sorted(int(j) for j in order[:2])
-        assert np.array_equal(np.argsort(-ex.dgsu_state[LAYER_SCORE], kind="stable"), np.argsort(-change, kind="stable"))
+        by_int = np.argsort(-ex.dgsu_state[LAYER_SCORE], kind="stable")
+        assert np.array_equal(by_int, np.argsort(-change, kind="stable"))
         for j in range(3):
             for i in vb.layers[ls.candidates[j]]:
                 op_i = c.scheme.layers[i].layer.op_index

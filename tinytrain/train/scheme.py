@@ -291,7 +291,8 @@ def _alast_blocks_entry(entry: object) -> tuple[int, ...]:
     """A scheme file's ``alast_blocks: [b, …]`` (model block numbers; absent: none)."""
     if entry is None:
         return ()
-    if not isinstance(entry, list) or not entry or not all(isinstance(b, int) and not isinstance(b, bool) for b in entry):
+    ok = isinstance(entry, list) and entry and all(isinstance(b, int) and not isinstance(b, bool) for b in entry)
+    if not ok:
         raise UsageError(f"scheme: 'alast_blocks' must be a non-empty list of block numbers, got {entry!r}")
     return tuple(entry)
 

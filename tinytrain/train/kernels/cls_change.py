@@ -27,7 +27,7 @@ def common_multipliers(scales: Sequence[float]) -> tuple[int, ...]:
     top = max(scales)
     if top <= 0.0:
         raise UsageError(f"class-token signal: non-positive scales {list(scales)}")
-    return tuple(max(1, int(round(MULT_ONE * s / top))) for s in scales)
+    return tuple(max(1, round(MULT_ONE * s / top)) for s in scales)
 
 
 def cls_change(
