@@ -291,10 +291,12 @@ def _alast_blocks_entry(entry: object) -> tuple[int, ...]:
     """A scheme file's ``alast_blocks: [b, …]`` (model block numbers; absent: none)."""
     if entry is None:
         return ()
-    ok = isinstance(entry, list) and entry and all(isinstance(b, int) and not isinstance(b, bool) for b in entry)
-    if not ok:
+    if not isinstance(entry, list) or not entry:
         raise UsageError(f"scheme: 'alast_blocks' must be a non-empty list of block numbers, got {entry!r}")
-    return tuple(entry)
+    blocks = tuple(b for b in entry if isinstance(b, int) and not isinstance(b, bool))
+    if len(blocks) != len(entry):
+        raise UsageError(f"scheme: 'alast_blocks' must be a non-empty list of block numbers, got {entry!r}")
+    return blocks
 
 
 def token_drop_data(drop: TokenDrop) -> dict[str, Any]:
