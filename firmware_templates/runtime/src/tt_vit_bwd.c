@@ -407,8 +407,84 @@ static int64_t bmm_acc(const bmm_bwd *c, const int32_t *bi, int32_t a, int32_t b
     return acc * c->p->mu[1 - c->which];
 }
 
+/* The fast path's bound: with one batch copy per element and at most BMM_FAST_MAX products in
+ * a contraction, |g'| <= 2^15 and |operand - zp| <= 255 keep every partial sum below
+ * 256 * 2^15 * 255 < 2^31, so an int32 sum equals bmm_acc's int64 one. */
+#define BMM_FAST_MAX 256
+
+static int32_t bmm_fast_ok(const bmm_bwd *c) {
+    const tt_batch_matmul_params *f = &c->p->fwd;
+    return c->cdims[0] == 1 && c->cdims[1] == 1 && c->cdims[2] == 1 && f->rows <= BMM_FAST_MAX &&
+           f->cols <= BMM_FAST_MAX;
+}
+
+/* bmm_pass without batch copies: g' of one row (which = 0) or column (which = 1) of g is
+ * rounded once into gp and each element's contraction is an int32 dot product (same sums as
+ * bmm_acc, in the same order; see BMM_FAST_MAX). */
+static void bmm_pass_fast(const bmm_bwd *c, int32_t pass, uint64_t *m, int32_t r, int16_t *g_x) {
+    const tt_batch_matmul_params *f = &c->p->fwd;
+    const int32_t drop = c->p->drop[c->which];
+    const int64_t mu = c->p->mu[1 - c->which];
+    const int32_t *batch = c->which == 0 ? f->lhs_batch : f->rhs_batch;
+    const int32_t *o_batch = c->which == 0 ? f->rhs_batch : f->lhs_batch;
+    const int32_t n_out = c->which == 0 ? f->rows : f->cols; /* rows (m) or columns (c) of g */
+    const int32_t n_in = c->which == 0 ? f->cols : f->rows;  /* the contracted index */
+    int32_t gp[BMM_FAST_MAX];
+    uint64_t mx = 0u;
+    int32_t bi[TT_BMM_BATCH_RANK];
+    for (bi[0] = 0; bi[0] < f->batch[0]; ++bi[0]) {
+        for (bi[1] = 0; bi[1] < f->batch[1]; ++bi[1]) {
+            for (bi[2] = 0; bi[2] < f->batch[2]; ++bi[2]) {
+                if ((batch[0] == 0 && bi[0] > 0) || (batch[1] == 0 && bi[1] > 0) || (batch[2] == 0 && bi[2] > 0)) {
+                    continue; /* cdims == 1: the operand is not broadcast, so no batch index is skipped */
+                }
+                const int16_t *g = c->g + bi[0] * c->g_batch[0] + bi[1] * c->g_batch[1] + bi[2] * c->g_batch[2];
+                const int8_t *o = c->other + bi[0] * o_batch[0] + bi[1] * o_batch[1] + bi[2] * o_batch[2];
+                int16_t *dst = g_x + bi[0] * batch[0] + bi[1] * batch[1] + bi[2] * batch[2];
+                for (int32_t v = 0; v < n_out; ++v) {
+                    for (int32_t n = 0; n < n_in; ++n) { /* g'[m][n] (which 0) or g'[n][c] (which 1) */
+                        const int16_t gv = c->which == 0 ? g[v * f->cols + n] : g[n * f->cols + v];
+                        gp[n] = tt_rdbpot32(gv, drop);
+                    }
+                    const int32_t n_k = f->depth;
+                    for (int32_t k = 0; k < n_k; ++k) {
+                        int32_t acc32 = 0;
+                        if (c->which == 0) { /* dL[m = v][k] = sum_n g'[m][n] (R[k][n] - z) */
+                            const int8_t *rk = o + k * f->rhs_k;
+                            for (int32_t n = 0; n < n_in; ++n) {
+                                acc32 += gp[n] * ((int32_t)rk[n * f->rhs_c] - f->rhs_zp);
+                            }
+                        } else { /* dR[k][c = v] = sum_m (L[m][k] - z) g'[m][c] */
+                            const int8_t *lk = o + k * f->lhs_k;
+                            for (int32_t n = 0; n < n_in; ++n) {
+                                acc32 += ((int32_t)lk[n * f->lhs_m] - f->lhs_zp) * gp[n];
+                            }
+                        }
+                        const int64_t acc = (int64_t)acc32 * mu;
+                        if (pass == 0) {
+                            const uint64_t a = tt_abs_u64(acc);
+                            mx = a > mx ? a : mx;
+                        } else if (c->which == 0) {
+                            dst[v * f->lhs_m + k * f->lhs_k] = tt_grad_scale64(acc, r);
+                        } else {
+                            dst[k * f->rhs_k + v * f->rhs_c] = tt_grad_scale64(acc, r);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if (pass == 0) {
+        *m = mx;
+    }
+}
+
 /* pass 0: max |acc| into *m; pass 1: write g_x with shift r. */
 static void bmm_pass(const bmm_bwd *c, int32_t pass, uint64_t *m, int32_t r, int16_t *g_x) {
+    if (bmm_fast_ok(c)) {
+        bmm_pass_fast(c, pass, m, r, g_x);
+        return;
+    }
     const tt_batch_matmul_params *f = &c->p->fwd;
     const int32_t *batch = c->which == 0 ? f->lhs_batch : f->rhs_batch;
     const int32_t na = c->which == 0 ? f->rows : f->depth;  /* first index of the element */
