@@ -104,28 +104,62 @@ static void reduce_walk_init(reduce_walk *rw, const int32_t *out_dims, const int
     }
 }
 
+/* The sum over one element's broadcast copies from g + gb and other + ob: the copy walk over
+ * the outer axes (outer: copy_dims with the last axis 1; none when `walk` is 0) and a tight
+ * loop over the last axis (n copies, strides gs / os). */
+static int64_t reduce_copies(const reduce_walk *rw, const int32_t *outer, int32_t walk, const int16_t *g,
+                             const int8_t *other, int32_t zp, int32_t gb, int32_t ob) {
+    const int32_t n = rw->copy_dims[TT_VIT_MAX_RANK - 1];
+    const int32_t gs = rw->g_copy[TT_VIT_MAX_RANK - 1];
+    const int32_t os = rw->o_copy[TT_VIT_MAX_RANK - 1];
+    int64_t acc = 0;
+    walk6 wc;
+    walk6_init(&wc);
+    do {
+        const int16_t *gp = g + gb + wc.off[0];
+        if (other != NULL) {
+            const int8_t *op = other + ob + wc.off[1];
+            for (int32_t c = 0; c < n; ++c) {
+                acc += (int64_t)((int32_t)gp[c * gs] * ((int32_t)op[c * os] - zp)); /* |.| < 2^23 */
+            }
+        } else {
+            for (int32_t c = 0; c < n; ++c) {
+                acc += gp[c * gs];
+            }
+        }
+    } while (walk && walk6_next(&wc, outer, rw->g_copy, rw->o_copy));
+    return acc;
+}
+
 static void reduce_pass(const reduce_walk *rw, const int16_t *g, const int8_t *other, int32_t zp, int64_t mul,
                         int32_t pass, uint64_t *m, int32_t r, int16_t *g_x) {
+    /* both walks with their last axis peeled into a loop (the same element and copy order) */
+    int32_t in_outer[TT_VIT_MAX_RANK], copy_outer[TT_VIT_MAX_RANK];
+    int32_t copy_walk = 0;
+    for (int32_t d = 0; d < TT_VIT_MAX_RANK; ++d) {
+        in_outer[d] = d == TT_VIT_MAX_RANK - 1 ? 1 : rw->in_dims[d];
+        copy_outer[d] = d == TT_VIT_MAX_RANK - 1 ? 1 : rw->copy_dims[d];
+        copy_walk |= copy_outer[d] > 1;
+    }
+    const int32_t n_in = rw->in_dims[TT_VIT_MAX_RANK - 1];
+    const int32_t gi = rw->g_in[TT_VIT_MAX_RANK - 1];
+    const int32_t oi = rw->o_in[TT_VIT_MAX_RANK - 1];
     walk6 wi;
     walk6_init(&wi);
     int16_t *dst = g_x;
     uint64_t mx = 0u;
     do {
-        int64_t acc = 0;
-        walk6 wc;
-        walk6_init(&wc);
-        do {
-            const int64_t gv = g[wi.off[0] + wc.off[0]];
-            acc += other != NULL ? gv * ((int64_t)other[wi.off[1] + wc.off[1]] - zp) : gv;
-        } while (walk6_next(&wc, rw->copy_dims, rw->g_copy, rw->o_copy));
-        acc *= mul;
-        if (pass == 0) {
-            const uint64_t a = tt_abs_u64(acc);
-            mx = a > mx ? a : mx;
-        } else {
-            *dst++ = tt_grad_scale64(acc, r);
+        for (int32_t i = 0; i < n_in; ++i) {
+            const int64_t acc = reduce_copies(rw, copy_outer, copy_walk, g, other, zp, wi.off[0] + i * gi,
+                                              wi.off[1] + i * oi) * mul;
+            if (pass == 0) {
+                const uint64_t a = tt_abs_u64(acc);
+                mx = a > mx ? a : mx;
+            } else {
+                *dst++ = tt_grad_scale64(acc, r);
+            }
         }
-    } while (walk6_next(&wi, rw->in_dims, rw->g_in, rw->o_in));
+    } while (walk6_next(&wi, in_outer, rw->g_in, rw->o_in));
     if (pass == 0) {
         *m = mx;
     }
