@@ -278,6 +278,8 @@ tt_status tt_batch_matmul_s8(const tt_batch_matmul_params *p, const int8_t *lhs,
     }
     const int32_t lo_z = p->act_min - p->out_zp;
     const int32_t hi_z = p->act_max - p->out_zp;
+    /* locals: the int8 stores below may alias *p, so the compiler would reload its fields */
+    const int32_t depth = p->depth, lk = p->lhs_k, rk = p->rhs_k, lzp = p->lhs_zp, rzp = p->rhs_zp;
     int8_t *o = out;
     for (int32_t b0 = 0; b0 < p->batch[0]; ++b0) {
         for (int32_t b1 = 0; b1 < p->batch[1]; ++b1) {
@@ -289,9 +291,9 @@ tt_status tt_batch_matmul_s8(const tt_batch_matmul_params *p, const int8_t *lhs,
                     for (int32_t c = 0; c < p->cols; ++c) {
                         const int8_t *rc = r + c * p->rhs_c;
                         uint32_t acc = 0u; /* int32 sum modulo 2^32 */
-                        for (int32_t k = 0; k < p->depth; ++k) {
-                            const int32_t a = (int32_t)lm[k * p->lhs_k] - p->lhs_zp;
-                            const int32_t b = (int32_t)rc[k * p->rhs_k] - p->rhs_zp;
+                        for (int32_t k = 0; k < depth; ++k) {
+                            const int32_t a = (int32_t)lm[k * lk] - lzp;
+                            const int32_t b = (int32_t)rc[k * rk] - rzp;
                             acc += (uint32_t)(a * b);
                         }
                         const int32_t v = tt_mbqm(tt_wrap32((int64_t)acc), p->mult, p->shift);
