@@ -44,7 +44,6 @@ BSR_VARIANTS = ("bsr:blocks=2+3,drop_at=1,keep=0.25", "bsr:blocks=2+3,drop_at=0+
 SAME_BLOCKS = "vit-blocks:2+3"  # what BSR trains, without token dropping
 ALAST = "alast:blocks=1+2+3,train_layers=2,drop_at=0,keep=0.5"
 ALL_BLOCKS = "vit-blocks:0+1+2+3"  # ALaST's reference: every block trains (471 KB: emulator only)
-ALL_BLOCKS_SRAM = 1024 * KB
 DEFAULTS = [
     "--models", "vit",
     "--schemes", f"last-layer,{SAME_BLOCKS},{BSR},{','.join(BSR_VARIANTS)},{ALAST}",
@@ -74,7 +73,7 @@ def tokens_per_step(scheme: str) -> int:
 def targets(rows: list[dict[str, Any]], instructions: bool) -> dict[str, Any]:
     """Issue 7's target figures from the finished rows (best learning rate of each): every BSR
     row against the same blocks without dropping; ALaST against training every block (its
-    instructions profiled here with :data:`ALL_BLOCKS_SRAM`, when ``instructions``; its
+    instructions profiled here with ``train_fmnist.EMULATOR_SRAM``, when ``instructions``; its
     accuracy: the float32 full fine-tuning, the only all-blocks row that fits the protocol's
     time) and against the fixed blocks 2+3."""
     best = {r["scheme"]: r for r in train_fmnist.best_per_scheme(rows)}
@@ -110,7 +109,7 @@ def targets(rows: list[dict[str, Any]], instructions: bool) -> dict[str, Any]:
             entry["accuracy_delta_vs_same_blocks_points"] = 100 * (a["test_accuracy"] - same)
         model = train_fmnist.model_path("vit")
         if instructions and model is not None and a.get("instructions_per_step_m7"):
-            ref = train_fmnist.instructions_columns(model, ALL_BLOCKS, ALL_BLOCKS_SRAM)
+            ref = train_fmnist.instructions_columns(model, ALL_BLOCKS, train_fmnist.EMULATOR_SRAM)
             if ref.get("instructions_per_step_m7"):
                 entry["all_blocks_instructions_per_step_m7"] = ref["instructions_per_step_m7"]
                 entry["instructions_ratio"] = ref["instructions_per_step_m7"] / a["instructions_per_step_m7"]
