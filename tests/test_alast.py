@@ -128,7 +128,7 @@ def test_cls_change_matches_c_and_float(tmp_path: Path) -> None:
 
 def test_blocks_chosen_by_class_token_change(graph: Graph) -> None:
     """Each step the blocks of the largest float class-token change (from the forward's own
-    activations) train; the unchosen ones keep every weight and bias."""
+    activations) train; the unchosen ones keep every weight (their biases still step)."""
     c = _compile(graph, SCHEME)
     ls = c.scheme.layer_select
     assert ls is not None and ls.cls is not None

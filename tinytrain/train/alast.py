@@ -3,7 +3,7 @@
 Every step, each candidate transformer block gets an importance score, how much it changed
 the class token in this step's forward pass (tinytrain/train/kernels/cls_change.py); the
 ``budget`` blocks of the largest score (``explore`` of them by age instead) update their
-weights in the backward pass of the same step, the others stay frozen. The blocks' layers
+weights in the backward pass of the same step, the others only their biases. The blocks' layers
 are DGSU layers with every row (tinytrain/train/scheme.py, ``DynamicRows``) grouped by block,
 so the row loops of a frozen block run zero times.
 
