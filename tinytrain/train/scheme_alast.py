@@ -7,8 +7,9 @@ Every step the forward pass measures how much each
 candidate changes the class token (tinytrain/train/alast.py); the M blocks of the largest
 change (``budget=F``: ``M = max(1, round(F · N))`` of the N candidates; default ⌈N/2⌉)
 update the weights and biases of their fully connected layers in that step's backward pass,
-the others their biases only (a bias step costs a row sum; the paper freezes them). ``explore=E`` (default 0, as the paper): E of the M picks go to the
-blocks trained longest ago instead. The head trains every step. ``drop_at``/``keep``: the
+the others their biases only (a bias step costs a row sum; the paper freezes them).
+``explore=E`` (default 0, as the paper): E of the M picks go to the blocks trained longest
+ago instead. The head trains every step. ``drop_at``/``keep``: the
 token budget of the frozen blocks before the candidates, as BSR's token dropping
 (tinytrain/passes/token_drop.py), so the candidate blocks run on fewer tokens; by default
 after the block right before the first candidate (when there is one) with ``keep=0.5``,
