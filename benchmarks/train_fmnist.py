@@ -101,6 +101,7 @@ def static_fractions(c: Any) -> dict[str, float]:
 
 EMULATOR_SRAM = 1024 * KB  # QEMU's mps2 boards have 4 MiB of RAM: reference programs over 256 KB link into this
 
+
 def instructions_columns(model: Path, scheme: str, sram_bytes: int = 256 * KB) -> dict[str, Any]:
     """Executed instructions per training step and per inference on the emulated Cortex-M7
     (dsp kernels; QEMU -icount, deterministic): the mean over 4 training steps, since run-time
@@ -425,7 +426,8 @@ def enrich(
     """Adds the columns a finished int8 row lacks (rows from before they existed): the
     conv-weight fractions of a scheme without run-time selection, and with
     ``--instructions`` the Cortex-M7 instruction counts (profiled once per model and scheme:
-    the learning rate does not change the program). True when the row changed."""
+    the learning rate does not change the program; a row planned over 256 KB with
+    :data:`EMULATOR_SRAM`, marked so). True when the row changed."""
     from tinytrain.train.compile import CompileOptions, compile_graph, prepare_graph
 
     path = model_path(key)
@@ -441,7 +443,8 @@ def enrich(
     if args.instructions and "instructions_per_step_m7" not in row:
         if (key, scheme) not in profiled:
             print(f"[{key}] {scheme}: profiling on qemu-m7 ...", file=sys.stderr, flush=True)
-            profiled[key, scheme] = instructions_columns(path, scheme)
+            over = row.get("peak_sram_bytes", 0) > 256 * KB  # a reference row (e.g. every ViT block)
+            profiled[key, scheme] = instructions_columns(path, scheme, EMULATOR_SRAM if over else 256 * KB)
         row.update(profiled[key, scheme])
         changed = True
     return changed
